@@ -1,0 +1,211 @@
+"""The benchmark: every method trained and evaluated on the same data, in one table.
+
+    python -m adcourse.bench --methods ae_l2,ae_ssim --data textures:brick --profile quick --out results.json
+
+``--data`` names a dataset and its part: ``textures:brick``, ``digits:3`` (normal class 3),
+``mvtec:bottle``, ``btad:01``, ``mnist:0``, ``fashionmnist:0``, ``kmnist:0``, ``cifar10:0``.
+Results are written after every method (JSON, plus a Markdown table beside it), so a run that is
+interrupted resumes from the methods already finished when started again with the same
+``--out``, ``--data``, ``--profile`` and ``--seed``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import detectors, metrics
+from .data import (BTAD, MVTecAD, OneClassDigits, TextureDefects, TorchvisionOneClass, TORCHVISION_SETS,
+                   DatasetError)
+from .train import count_parameters, pick_device, resolve_profile, seed_everything
+
+# Built-in data sizes per profile: quick keeps a 2-core CPU busy for about a minute per method.
+TEXTURE_SIZES = {"quick": dict(train=256, test=128), "full": dict(train=2048, test=512)}
+REAL_IMAGE_SIZE = {"quick": 128, "full": 256}
+
+
+def load_data(spec: str, profile: str = "quick", seed: int = 0):
+    """``(train_dataset, test_dataset)`` for a ``kind:part`` spec such as ``textures:brick``."""
+    kind, _, part = spec.partition(":")
+    kind = kind.lower()
+    if not part:
+        raise ValueError(f"--data {spec!r} needs a part after a colon, e.g. textures:brick, digits:3, mvtec:bottle")
+    profile = resolve_profile(profile)
+    if kind == "textures":
+        n = TEXTURE_SIZES[profile]
+        return (TextureDefects(part, "train", n=n["train"], seed=seed),
+                TextureDefects(part, "test", n=n["test"], seed=seed))
+    if kind == "digits":
+        return (OneClassDigits(_class_index(spec, part), "train", image_size=32, seed=seed),
+                OneClassDigits(_class_index(spec, part), "test", image_size=32, seed=seed))
+    if kind == "mvtec":
+        size = REAL_IMAGE_SIZE[profile]
+        return MVTecAD(None, part, "train", image_size=size), MVTecAD(None, part, "test", image_size=size)
+    if kind == "btad":
+        size = REAL_IMAGE_SIZE[profile]
+        return BTAD(None, part, "train", image_size=size), BTAD(None, part, "test", image_size=size)
+    names = {name.lower(): name for name in TORCHVISION_SETS}
+    if kind in names:
+        size = 32  # even sides for the convolutional models; MNIST's 28 is up-sampled
+        return tuple(TorchvisionOneClass(names[kind], None, _class_index(spec, part), split, image_size=size, seed=seed)
+                     for split in ("train", "test"))
+    raise ValueError(f"unknown dataset kind {kind!r} in --data {spec!r}; use one of "
+                     f"textures, digits, mvtec, btad, {', '.join(names)}")
+
+
+def _class_index(spec: str, part: str) -> int:
+    if not part.isdigit() or not 0 <= int(part) <= 9:
+        raise ValueError(f"--data {spec!r}: the normal class must be a digit 0–9")
+    return int(part)
+
+
+def stack(dataset) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """All images, labels and masks of a dataset as one batch."""
+    items = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([item["image"] for item in items])
+    labels = np.array([item["label"] for item in items])
+    masks = torch.stack([item["mask"] for item in items])[:, 0].numpy()
+    return images, labels, masks
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: CUDA's allocator peak on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
+    """Every metric of chapter 1; pixel metrics only where the test set has defect masks."""
+    best = metrics.best_tpr_tnr(labels, scores)
+    result = {"image_auroc": metrics.image_auroc(labels, scores), "image_aupr": metrics.image_aupr(labels, scores),
+              "best_tpr": best["tpr"], "best_tnr": best["tnr"], "pixel_auroc": None, "aupro": None}
+    if masks.any() and maps is not None:
+        if maps.shape != masks.shape:
+            raise ValueError(f"anomaly maps of shape {maps.shape} do not match the masks {masks.shape}")
+        result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+        result["aupro"] = metrics.aupro(masks, maps)
+    return result
+
+
+def run_method(name: str, train, test_batch, profile: str, seed: int, device=None) -> dict:
+    """Train one method, time it, score the test set and evaluate."""
+    images, labels, masks = test_batch
+    seed_everything(seed)
+    detector = detectors.create(name, device=device)
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    detector.fit(train, profile=profile)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, maps = detector.predict(images)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    inference_ms = 1000 * (time.perf_counter() - start) / len(images)
+    model = detector.model()
+    return {
+        **evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps)),
+        "parameters": count_parameters(model) if model is not None else 0,
+        "train_seconds": train_seconds,
+        "inference_ms_per_image": inference_ms,
+        "peak_memory_mb": peak_memory_mb(dev),
+        "supervised": detector.supervised,
+    }
+
+
+COLUMNS = [("image_auroc", "image AUROC", ".3f"), ("image_aupr", "AUPR", ".3f"), ("best_tpr", "best TPR", ".3f"),
+           ("best_tnr", "best TNR", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"),
+           ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
+           ("inference_ms_per_image", "ms / image", ".2f"), ("peak_memory_mb", "peak MB", ".0f")]
+
+
+def markdown_table(report: dict) -> str:
+    header = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, row in report["results"].items():
+        cells = ["—" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, out: str | os.PathLike | None = None,
+        device=None, progress: bool = True, command: str | None = None) -> dict:
+    """Run the benchmark; with ``out``, resume from and save to that JSON file after every method."""
+    profile = resolve_profile(profile)
+    for name in methods:  # check every name before any training
+        if name not in detectors.available():
+            raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(detectors.available())}")
+    settings = {"data": data, "profile": profile, "seed": seed}
+    report = {**settings, "device": describe_device(pick_device(device)), "command": command,
+              "torch": torch.__version__, "results": {}}
+    out = Path(out) if out else None
+    if out and out.exists():
+        previous = json.loads(out.read_text())
+        if {k: previous.get(k) for k in settings} == settings:
+            report["results"] = {k: v for k, v in previous.get("results", {}).items() if k in methods}
+    train, test = load_data(data, profile, seed)
+    test_batch = stack(test)
+    todo = [m for m in methods if m not in report["results"]]
+    for name in tqdm(todo, desc="methods", disable=not progress):
+        report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
+        report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        if out:
+            _write_atomic(out, json.dumps(report, indent=2) + "\n")
+            _write_atomic(out.with_suffix(".md"), markdown_table(report))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adcourse.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", required=True, help=f"comma-separated, or 'all': {', '.join(detectors.available())}")
+    parser.add_argument("--data", required=True, help="e.g. textures:brick, digits:3, mvtec:bottle, btad:01, mnist:0")
+    parser.add_argument("--profile", default="auto", choices=["auto", "quick", "full"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it)")
+    args = parser.parse_args(argv)
+    methods = detectors.available() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        command = " ".join(["python -m adcourse.bench", *(argv if argv is not None else sys.argv[1:])])
+        report = run(methods, args.data, args.profile, args.seed, args.out, args.device, command=command)
+    except (ValueError, DatasetError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"\n{args.data}, profile {report['profile']}, device {report['device']}\n")
+    print(markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The one-class protocol on torchvision's small classification sets (MNIST family, CIFAR-10)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets
+
+from .download import DatasetError, cache_dir, closest_name_error
+from .mvtec import SPLITS
+
+TORCHVISION_SETS = {
+    "MNIST": datasets.MNIST,
+    "FashionMNIST": datasets.FashionMNIST,
+    "KMNIST": datasets.KMNIST,
+    "CIFAR10": datasets.CIFAR10,
+}
+
+
+class TorchvisionOneClass(Dataset):
+    """One class of a torchvision data set as "normal", every other class as "anomalous".
+
+    ``split="train"``: the training images of ``normal_class`` only (label 0).
+    ``split="test"``: every test image of ``normal_class`` (label 0) plus as many test images
+    drawn, without replacement and seeded by ``seed``, from the other classes (label 1).
+
+    Items are dicts: ``image`` float32 C×H×W in [0, 1] (1 channel for the MNIST family, 3 for
+    CIFAR-10), resized to ``image_size`` if given; ``label``; ``mask`` all zeros (no masks);
+    ``target`` the original class. ``root=None`` means ``cache_dir() / "torchvision"``.
+    ``base`` replaces the torchvision data set (e.g. a small stand-in in tests): anything with
+    ``targets`` whose items are ``(PIL image, class)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str | os.PathLike | None,
+        normal_class: int,
+        split: str,
+        image_size: int | None = None,
+        download: bool = False,
+        seed: int = 0,
+        base: Dataset | None = None,
+    ):
+        if name not in TORCHVISION_SETS:
+            raise closest_name_error("torchvision data set", name, tuple(TORCHVISION_SETS))
+        if split not in SPLITS:
+            raise closest_name_error("split", split, SPLITS)
+        root = Path(root) if root is not None else cache_dir() / "torchvision"
+        if base is None:
+            base = _load(name, root, split == "train", download)
+        targets = np.asarray(base.targets)
+        classes = np.unique(targets).tolist()
+        if isinstance(normal_class, bool) or normal_class not in classes:
+            raise DatasetError(
+                f"normal_class {normal_class!r} is not a class of {name}; use one of {classes}."
+            )
+        normal = np.flatnonzero(targets == normal_class)
+        if split == "train":
+            indices = normal
+        else:
+            others = np.flatnonzero(targets != normal_class)
+            rng = np.random.default_rng(seed)
+            drawn = rng.choice(others, size=min(len(normal), len(others)), replace=False)
+            indices = np.sort(np.concatenate([normal, drawn]))
+        self.name, self.normal_class, self.split = name, normal_class, split
+        self.base = base
+        self.image_size = image_size
+        self.indices = indices
+        self.targets = targets[indices]
+        self.labels = (self.targets != normal_class).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        image, _ = self.base[int(self.indices[index])]
+        if self.image_size is not None:
+            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        image = TF.to_tensor(image)
+        return {
+            "image": image,
+            "label": int(self.labels[index]),
+            "mask": torch.zeros(1, *image.shape[1:]),
+            "target": int(self.targets[index]),
+        }
+
+
+def _load(name: str, root: Path, train: bool, download: bool) -> Dataset:
+    cls = TORCHVISION_SETS[name]
+    try:
+        return cls(root, train=train, download=download)
+    except (RuntimeError, OSError) as err:
+        if hasattr(cls, "resources"):  # the MNIST family: several .gz files
+            files = ", ".join(filename for filename, _ in cls.resources)
+            source, folder = cls.mirrors[0], root / name / "raw"
+        else:
+            files, folder = cls.filename, root
+            source = cls.url.rsplit("/", 1)[0] + "/"
+        raise DatasetError(
+            f"{name} could not be loaded from {root} ({err}). "
+            + ("" if download else "Pass download=True to fetch it. ")
+            + f"Offline: fetch {files} from {source} on another machine, put it all in {folder} "
+            "and pass download=True (files already there are checked and unpacked, not "
+            "downloaded again)."
+        ) from err

@@ -1,0 +1,74 @@
+"""The protocol every method of the course implements, and the registry the benchmark reads.
+
+A detector is trained on a dataset of normal images (``fit``) and then scores images
+(``predict``): one score per image and one anomaly map per image, higher meaning more anomalous::
+
+    detector = create("ae_l2")
+    detector.fit(train_dataset, profile="quick")
+    image_scores, anomaly_maps = detector.predict(images)   # (N,), (N, H, W)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+_REGISTRY: dict[str, Callable[..., "Detector"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a detector available to :func:`create` and the benchmark by ``name``."""
+    def decorator(factory):
+        if name in _REGISTRY:
+            raise ValueError(f"a detector named {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+    return decorator
+
+
+def _load_methods() -> None:
+    """Import every model family: each registers its detectors when imported."""
+    import adcourse.models  # noqa: F401
+
+
+def available() -> list[str]:
+    """Names of every registered detector."""
+    _load_methods()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs) -> "Detector":
+    """A new, untrained detector; ``kwargs`` go to its constructor (``device=...`` for all)."""
+    _load_methods()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(available())}")
+    return _REGISTRY[name](**kwargs)
+
+
+class Detector:
+    """Base class: ``fit(train_dataset, profile)`` then ``predict(images) -> (scores, maps)``.
+
+    ``supervised`` says whether ``fit`` needs labelled anomalies in the training set.
+    """
+
+    name: str = "detector"
+    supervised: bool = False
+
+    def fit(self, train_dataset, profile: str = "quick") -> "Detector":
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def model(self) -> torch.nn.Module | None:
+        """The trained network, for parameter counts and export; None for training-free methods."""
+        return getattr(self, "network", None)
+
+
+def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-smooth each N×H×W anomaly map: single noisy pixels should not decide a score."""
+    return np.stack([ndimage.gaussian_filter(m, sigma) for m in maps]) if sigma > 0 else maps

@@ -1,0 +1,132 @@
+"""Training utilities: device choice, seeding, a plain fit loop, atomic checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """``prefer`` if given, else CUDA, then Apple's MPS, then the CPU."""
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_profile(profile: str = "auto") -> str:
+    """``"auto"`` becomes ``"full"`` when CUDA is present and ``"quick"`` otherwise."""
+    if profile not in ("auto", "quick", "full"):
+        raise ValueError(f"profile must be 'auto', 'quick' or 'full', got {profile!r}")
+    if profile == "auto":
+        return "full" if torch.cuda.is_available() else "quick"
+    return profile
+
+
+def describe_profile(profile: str = "auto") -> str:
+    """The profile a notebook runs, and why: the first thing every chapter prints."""
+    resolved = resolve_profile(profile)
+    if profile == "auto":
+        reason = "CUDA is available" if resolved == "full" else "no CUDA device was found"
+        return f"Profile: {resolved} (PROFILE='auto' and {reason})"
+    return f"Profile: {resolved} (set explicitly)"
+
+
+def fit(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, *, epochs: int,
+        optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3,
+        device: torch.device | str | None = None, amp: bool = True, desc: str = "train",
+        progress: bool = True) -> list[float]:
+    """Train ``model`` for ``epochs`` passes over ``loader``; return the mean loss of each epoch.
+
+    ``loss_fn(model, batch)`` computes the loss of one batch (moving the batch to the model's
+    device is its job, via ``batch_to``), so that any method's objective fits the same loop.
+    Mixed precision is used on CUDA when ``amp`` is true. A NaN or infinite loss stops training at
+    once with an error that says where it happened.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).train()
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    use_amp = amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = []
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        total, count = 0.0, 0
+        for step, batch in enumerate(loader):
+            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with autocast:
+                loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{desc}: the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    "lower the learning rate, check the inputs for NaN, or clip the gradients")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total, count = total + loss.item(), count + 1
+        history.append(total / max(count, 1))
+        bar.set_postfix(loss=f"{history[-1]:.4g}")
+    model.eval()
+    return history
+
+
+def batch_to(batch: dict, device) -> dict:
+    """Move every tensor of a batch dict to ``device``."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra) -> Path:
+    """Write the model's weights (and plain ``extra`` values) atomically: temp file, then rename.
+
+    An interrupted save never leaves a truncated checkpoint in place of a good one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"state_dict": model.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, map_location="cpu") -> dict:
+    """Load weights saved by :func:`save_checkpoint` into ``model`` (``weights_only=True``).
+
+    Returns the extra values that were saved with them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train the model first or check the path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise RuntimeError(f"{path} is not a readable adcourse checkpoint ({error}); delete it and train again") from error
+    model.load_state_dict(payload.pop("state_dict"))
+    return payload
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adcourse import bench, detectors
+from adcourse.data import TextureDefects
+
+
+def test_registry():
+    assert {"ae_l2", "ae_ssim"} <= set(detectors.available())
+    with pytest.raises(ValueError, match="unknown method 'ae_l3'.*ae_l2"):
+        detectors.create("ae_l3")
+    with pytest.raises(ValueError, match="already registered"):
+        detectors.register("ae_l2")(lambda **kw: None)
+
+
+@pytest.mark.parametrize("name", ["ae_l2", "ae_ssim"])
+def test_autoencoder_detector_contract(name):
+    train = TextureDefects("brick", "train", n=16, patch_size=32)
+    test = TextureDefects("brick", "test", n=8, patch_size=32)
+    detector = detectors.create(name, epochs=2, device="cpu").fit(train)
+    scores, maps = detector.predict(test.images)
+    assert scores.shape == (8,) and maps.shape == (8, 32, 32)
+    assert np.isfinite(scores).all() and (maps >= -1e-6).all()
+    assert len(detector.history) == 2
+
+
+def test_autoencoder_detector_rejects_odd_sizes():
+    odd = TextureDefects("brick", "train", n=4, patch_size=33)
+    with pytest.raises(ValueError, match="even image side"):
+        detectors.create("ae_l2", epochs=1).fit(odd)
+
+
+def test_every_registered_method_fits_and_predicts_on_tiny_data():
+    train = TextureDefects("gravel", "train", n=16, patch_size=32)
+    test = TextureDefects("gravel", "test", n=6, patch_size=32)
+    for name in detectors.available():
+        # every detector accepts training overrides; one epoch is enough to check the contract
+        detector = detectors.create(name, device="cpu", epochs=1)
+        if detector.supervised:
+            continue  # supervised methods are tested with labelled anomalies in their own files
+        scores, maps = detector.fit(train).predict(test.images)
+        assert scores.shape == (6,), name
+        assert maps.shape == (6, 32, 32), name
+
+
+def test_load_data_specs():
+    train, test = bench.load_data("digits:3", "quick")
+    assert train[0]["image"].shape == (1, 32, 32) and set(test.labels) == {0, 1}
+    with pytest.raises(ValueError, match="needs a part"):
+        bench.load_data("textures")
+    with pytest.raises(ValueError, match="unknown dataset kind 'imagenet'"):
+        bench.load_data("imagenet:1")
+    with pytest.raises(ValueError, match="digit 0–9"):
+        bench.load_data("digits:x")
+
+
+def test_evaluate_skips_pixel_metrics_without_masks():
+    labels = np.array([0, 0, 1, 1])
+    result = bench.evaluate(labels, np.array([0.1, 0.2, 0.8, 0.9]), np.zeros((4, 2, 2)), np.zeros((4, 2, 2)))
+    assert result["image_auroc"] == 1.0 and result["pixel_auroc"] is None and result["aupro"] is None
+
+
+def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "TEXTURE_SIZES", {"quick": dict(train=16, test=8)})
+    calls = []
+    real_run_method = bench.run_method
+
+    def counting_run_method(name, *args, **kwargs):
+        calls.append(name)
+        return real_run_method(name, *args, **kwargs)
+    monkeypatch.setattr(bench, "run_method", counting_run_method)
+    real_create = detectors.create
+    monkeypatch.setattr(detectors, "create", lambda name, **kw: real_create(name, epochs=1, **kw))
+
+    out = tmp_path / "results.json"
+    report = bench.run(["ae_l2"], "textures:brick", "quick", out=out, progress=False)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert {"data", "profile", "seed", "device", "date", "results"} <= set(saved)
+    row = saved["results"]["ae_l2"]
+    for key in ["image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro", "parameters",
+                "train_seconds", "inference_ms_per_image", "peak_memory_mb", "supervised"]:
+        assert key in row
+    assert 0 <= row["image_auroc"] <= 1 and row["parameters"] > 0
+    assert "| ae_l2 |" in out.with_suffix(".md").read_text()
+
+    # a second run with one more method trains only the new one
+    bench.run(["ae_l2", "ae_ssim"], "textures:brick", "quick", out=out, progress=False)
+    assert calls == ["ae_l2", "ae_ssim"]
+    assert set(json.loads(out.read_text())["results"]) == {"ae_l2", "ae_ssim"}
+    # a different seed starts afresh
+    bench.run(["ae_l2"], "textures:brick", "quick", seed=1, out=out, progress=False)
+    assert calls[-1] == "ae_l2" and json.loads(out.read_text())["seed"] == 1
+
+
+def test_cli_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--methods", "nope", "--data", "textures:brick"])
+    assert exit_info.value.code == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "ae_l2", "--data", "textures:gravle"])
+    assert "Did you mean 'gravel'" in capsys.readouterr().err
