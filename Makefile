@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv browser notebooks html student clean
+.PHONY: book test venv browser notebooks html html-nosolutions student clean
 
 venv: $(STAMP)
 
@@ -21,10 +21,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 notebooks: $(STAMP)
-	$(PY) -m adcourse.notebooks execute notebooks/*.ipynb
+	$(PY) -m adcourse.notebooks execute notebooks/[0-9]*.ipynb
 
+# --all: an incremental build would not report the warnings of unchanged pages again.
 html: $(STAMP)
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+
+html-nosolutions: $(STAMP)
+	ADCOURSE_HIDE_SOLUTIONS=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going --path-output _build/nosolutions
 
 book: notebooks html
 

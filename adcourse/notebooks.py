@@ -58,10 +58,12 @@ def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, pr
     try:
         injected = {**({} if profile == "auto" else {"PROFILE": profile}), **(parameters or {})}
         papermill.execute_notebook(str(path), tmp, parameters=injected,
-                                   kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False)
+                                   kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
+                                   execution_timeout=600, start_timeout=120)
         seconds = time.perf_counter() - start
         notebook = clean(nbformat.read(tmp, as_version=4))
         nbformat.write(notebook, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a notebook is for everyone
         os.replace(tmp, output)
     finally:
         Path(tmp).unlink(missing_ok=True)
