@@ -35,19 +35,29 @@ TEXTURE_SIZES = {"quick": dict(train=256, test=128), "full": dict(train=2048, te
 REAL_IMAGE_SIZE = {"quick": 128, "full": 256}
 
 
-def load_data(spec: str, profile: str = "quick", seed: int = 0):
-    """``(train_dataset, test_dataset)`` for a ``kind:part`` spec such as ``textures:brick``."""
+# Share of labelled anomalies in the training set of supervised methods (the capsule chapter's 10 %).
+SUPERVISED_ANOMALY_FRACTION = 0.1
+
+
+def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction: float = 0.0):
+    """``(train_dataset, test_dataset)`` for a ``kind:part`` spec such as ``textures:brick``.
+
+    ``anomaly_fraction`` > 0 mixes labelled anomalies into the training set (for supervised
+    methods); only the digit sets support it, others raise ``ValueError``.
+    """
     kind, _, part = spec.partition(":")
     kind = kind.lower()
     if not part:
         raise ValueError(f"--data {spec!r} needs a part after a colon, e.g. textures:brick, digits:3, mvtec:bottle")
     profile = resolve_profile(profile)
+    if anomaly_fraction and kind != "digits":
+        raise ValueError(f"--data {spec!r} has no labelled anomalies for training; supervised methods run on digits:<class>")
     if kind == "textures":
         n = TEXTURE_SIZES[profile]
         return (TextureDefects(part, "train", n=n["train"], seed=seed),
                 TextureDefects(part, "test", n=n["test"], seed=seed))
     if kind == "digits":
-        return (OneClassDigits(_class_index(spec, part), "train", image_size=32, seed=seed),
+        return (OneClassDigits(_class_index(spec, part), "train", anomaly_fraction, image_size=32, seed=seed),
                 OneClassDigits(_class_index(spec, part), "test", image_size=32, seed=seed))
     if kind == "mvtec":
         size = REAL_IMAGE_SIZE[profile]
@@ -137,8 +147,12 @@ def markdown_table(report: dict) -> str:
     header = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, row in report["results"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} |")
+            continue
         cells = ["—" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} (supervised) | " if row.get("supervised") else f"| {name} | ")
+        lines[-1] += " | ".join(cells) + " |"
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +193,15 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, ou
     test_batch = stack(test)
     todo = [m for m in methods if m not in report["results"]]
     for name in tqdm(todo, desc="methods", disable=not progress):
-        report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
+        if detectors.create(name).supervised:
+            try:
+                supervised_train, _ = load_data(data, profile, seed, SUPERVISED_ANOMALY_FRACTION)
+            except ValueError as reason:
+                report["results"][name] = {"skipped": str(reason), "supervised": True}
+                continue
+            report["results"][name] = run_method(name, supervised_train, test_batch, profile, seed, device)
+        else:
+            report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
         report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         if out:
             _write_atomic(out, json.dumps(report, indent=2) + "\n")

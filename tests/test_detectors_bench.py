@@ -104,3 +104,28 @@ def test_cli_errors(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--methods", "ae_l2", "--data", "textures:gravle"])
     assert "Did you mean 'gravel'" in capsys.readouterr().err
+
+
+def test_supervised_methods_get_labelled_anomalies(monkeypatch):
+    seen = {}
+
+    class Supervised(detectors.Detector):
+        supervised = True
+
+        def __init__(self, **kwargs):
+            pass
+
+        def fit(self, train_dataset, profile="quick"):
+            seen["labels"] = np.asarray([train_dataset[i]["label"] for i in range(len(train_dataset))])
+            return self
+
+        def predict(self, images):
+            return images.flatten(1).mean(1).numpy(), images[:, 0].numpy()
+
+    monkeypatch.setitem(detectors._REGISTRY, "toy_supervised", Supervised)
+    report = bench.run(["toy_supervised"], "digits:3", "quick", progress=False)
+    assert seen["labels"].mean() == pytest.approx(bench.SUPERVISED_ANOMALY_FRACTION, abs=0.02)
+    assert report["results"]["toy_supervised"]["supervised"] is True
+    skipped = bench.run(["toy_supervised"], "textures:brick", "quick", progress=False)
+    assert "no labelled anomalies" in skipped["results"]["toy_supervised"]["skipped"]
+    assert "skipped" in bench.markdown_table(skipped)
