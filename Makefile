@@ -45,7 +45,7 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest
-	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+	TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=2 $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
 clean:
 	rm -rf _build artifacts student

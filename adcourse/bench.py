@@ -192,7 +192,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, ou
     train, test = load_data(data, profile, seed)
     test_batch = stack(test)
     todo = [m for m in methods if m not in report["results"]]
-    for name in tqdm(todo, desc="methods", disable=not progress):
+    for name in tqdm(todo, desc="methods", **({} if progress else {"disable": True})):
         if detectors.create(name).supervised:
             try:
                 supervised_train, _ = load_data(data, profile, seed, SUPERVISED_ANOMALY_FRACTION)

@@ -99,14 +99,16 @@ class VGGFeatures(torch.nn.Module):
 
     Inputs are N×C×H×W in [0, 1] (grey images are repeated to three channels), normalised with
     ImageNet's mean and standard deviation. With ``pretrained=True`` the ImageNet weights are
-    loaded through torchvision (from its cache, or downloaded when the network allows). When that
-    fails (offline, as on the course's CI), a warning says so once and the network keeps a
+    loaded through torchvision's cache (``torch.hub.get_dir()/checkpoints``), downloaded there first
+    when ``download`` is true and the network allows (528 MB). When that fails (offline, as on the
+    course's CI, or not cached with ``download=False``), a warning says so once and the network keeps a
     *seeded random* initialisation (``seed``), so that runs repeat; ``self.pretrained`` records
     which one is in use. Random VGG features still respond to local edges and textures, but their
     values are not those of the sources' loss network.
     """
 
-    def __init__(self, layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), pretrained: bool = True, seed: int = 0):
+    def __init__(self, layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), pretrained: bool = True,
+                 download: bool = True, seed: int = 0):
         super().__init__()
         from torchvision.models import vgg as tv_vgg
 
@@ -120,7 +122,7 @@ class VGGFeatures(torch.nn.Module):
             features = tv_vgg.make_layers(tv_vgg.cfgs["D"])[: last + 1]
         self.pretrained = False
         if pretrained:
-            self.pretrained = self._load_imagenet(features, tv_vgg)
+            self.pretrained = self._load_imagenet(features, tv_vgg, download)
         for i, module in enumerate(features):
             if isinstance(module, torch.nn.ReLU):
                 features[i] = torch.nn.ReLU(inplace=False)
@@ -129,11 +131,21 @@ class VGGFeatures(torch.nn.Module):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     @staticmethod
-    def _load_imagenet(features, tv_vgg) -> bool:
+    def _load_imagenet(features, tv_vgg, download: bool) -> bool:
         global _VGG_WARNED
+        import os
+
+        url = tv_vgg.VGG16_Weights.IMAGENET1K_V1.url
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
         try:
-            state = torch.hub.load_state_dict_from_url(tv_vgg.VGG16_Weights.IMAGENET1K_V1.url, progress=False,
-                                                       check_hash=True)
+            if not os.path.exists(path):
+                if not download:
+                    raise FileNotFoundError("not in torchvision's cache and download=False")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                # torchvision's file names carry the first digits of the file's SHA-256
+                torch.hub.download_url_to_file(url, path, hash_prefix=os.path.basename(url).split("-")[1][:8],
+                                               progress=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             ours = {k[len("features."):]: v for k, v in state.items()
                     if k.startswith("features.") and k[len("features."):] in features.state_dict()}
             features.load_state_dict(ours)
@@ -142,9 +154,9 @@ class VGGFeatures(torch.nn.Module):
             if not _VGG_WARNED:
                 import warnings
                 warnings.warn(f"ImageNet VGG-16 weights could not be loaded ({type(error).__name__}: "
-                              f"{str(error)[:120]}); the perceptual and style losses use a seeded, randomly "
+                              f"{str(error)[:100]}); the perceptual and style losses use a seeded, randomly "
                               "initialised VGG-16 instead. To use the real weights, run once with network "
-                              "access (torchvision caches them under torch.hub.get_dir()).", stacklevel=3)
+                              "access and download=True (torchvision caches them).", stacklevel=3)
                 _VGG_WARNED = True
             return False
 

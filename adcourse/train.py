@@ -66,7 +66,8 @@ def fit(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, *, epochs: 
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    # Only an explicit "no" disables the bar here, so that TQDM_DISABLE=1 can silence it in logs.
+    bar = tqdm(range(epochs), desc=desc, leave=False, **({} if progress else {"disable": True}))
     for epoch in bar:
         total, count = 0.0, 0
         for step, batch in enumerate(loader):

@@ -1,4 +1,7 @@
 """Models, one file per family. Importing a family registers its detectors for the benchmark."""
 from .autoencoders import AutoencoderDetector, ConvAutoencoder
+from .gans import FAnoGANDetector, FCBiGANDetector  # noqa: F401
+from .corruption_ae import AE, AESc, CorruptionAEDetector, GaussianActivationScorer  # noqa: F401
+from .capsules import CapsNet, CapsNetDetector, dynamic_routing, squash  # noqa: F401
 
 __all__ = ["AutoencoderDetector", "ConvAutoencoder"]
