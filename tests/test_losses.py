@@ -29,3 +29,15 @@ def test_ssim_loss_properties():
     x.requires_grad_(True)
     ssim_loss(x, torch.zeros_like(x)).backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_mixture_nll_matches_torch_distributions():
+    from torch import distributions as D
+
+    from adcourse.losses import mixture_nll
+
+    g = torch.Generator().manual_seed(0)
+    x, logits = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
+    means, scales = torch.randn(5, 4, 3, generator=g), torch.rand(5, 4, 3, generator=g) + 0.2
+    reference = D.MixtureSameFamily(D.Categorical(logits=logits), D.Independent(D.Normal(means, scales), 1))
+    torch.testing.assert_close(mixture_nll(x, logits, means, scales), -reference.log_prob(x))
