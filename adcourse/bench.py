@@ -11,14 +11,16 @@ interrupted resumes from the methods already finished when started again with th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +91,81 @@ def stack(dataset) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     return images, labels, masks
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: CUDA's allocator peak on a GPU, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
+class PeakMemory:
+    """Peak memory of what runs inside ``with PeakMemory(device) as peak:``, in MB, as ``peak.mb``.
+
+    On CUDA: the allocator's peak. On a CPU: the process's resident set, sampled every 5 ms by a
+    background thread, minus what it was on entry — so each method of a run gets its own figure
+    (the process-wide maximum of ``getrusage`` never goes down). ``None`` where ``/proc`` is missing.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.mb = device, None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self._rss() is not None:
+            self._start = self._peak = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2 ** 20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.mb = max(self._peak, self._rss()) / 2 ** 20 - self._start / 2 ** 20
+
+
+def latency_ms(detector, images: torch.Tensor, half: bool = False, repeats: int = 3) -> float:
+    """Median milliseconds per image of ``detector.predict`` on ``images`` (after one warm-up call),
+    in fp32 or, with ``half``, under CUDA's fp16 autocast."""
+    device = detector.device
+    context = (torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext())
+    times = []
+    with context:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            detector.predict(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[1:])) / len(images)
+
+
+def onnx_size_mb(module: torch.nn.Module | None, example: torch.Tensor) -> tuple[float | None, str | None]:
+    """``(size in MB, None)`` of ``module`` exported to ONNX with ``example`` as input, or
+    ``(None, why)`` when it has no single-image-batch forward that the exporter can trace."""
+    if module is None:
+        return None, "no network to export"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The TorchScript-based exporter: the newer one needs onnxscript, which the course
+                # does not install.
+                torch.onnx.export(module.eval(), (example,), str(path), dynamo=False)
+        except Exception as error:  # an exporter failure is a result to report, not a crash
+            return None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+        return path.stat().st_size / 2 ** 20, None
 
 
 def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
@@ -110,37 +181,64 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np
     return result
 
 
+# Images timed on the CPU after a GPU run (the whole test set can take long there).
+CPU_LATENCY_IMAGES = 32
+
+
 def run_method(name: str, train, test_batch, profile: str, seed: int, device=None) -> dict:
-    """Train one method, time it, score the test set and evaluate."""
+    """Train one method, score the test set and evaluate; then time it where it can run (CPU,
+    and on a GPU in fp32 and fp16) and export its network to ONNX."""
     images, labels, masks = test_batch
     seed_everything(seed)
-    detector = detectors.create(name, device=device)
     dev = pick_device(device)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    start = time.perf_counter()
-    detector.fit(train, profile=profile)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    scores, maps = detector.predict(images)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    inference_ms = 1000 * (time.perf_counter() - start) / len(images)
-    model = detector.model()
-    return {
+    detector = detectors.create(name, device=dev)
+    with PeakMemory(dev) as peak:
+        start = time.perf_counter()
+        detector.fit(train, profile=profile)
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        scores, maps = detector.predict(images)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        inference_ms = 1000 * (time.perf_counter() - start) / len(images)
+    row = {
         **evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps)),
-        "parameters": count_parameters(model) if model is not None else 0,
+        "parameters": count_parameters(detector.model()) if detector.model() is not None else 0,
         "train_seconds": train_seconds,
         "inference_ms_per_image": inference_ms,
-        "peak_memory_mb": peak_memory_mb(dev),
+        "cpu_ms_per_image": None, "gpu_ms_per_image": None, "gpu_fp16_ms_per_image": None,
+        "peak_memory_mb": peak.mb,
         "supervised": detector.supervised,
+        "supervision": detector.supervision,
     }
+    if dev.type == "cuda":
+        row["gpu_ms_per_image"] = inference_ms
+        row["gpu_fp16_ms_per_image"] = _guarded(lambda: latency_ms(detector, images, half=True), row, "gpu_fp16")
+        row["cpu_ms_per_image"] = _guarded(lambda: latency_ms(detector.to("cpu"), images[:CPU_LATENCY_IMAGES],
+                                                              repeats=1), row, "cpu")
+    elif dev.type == "cpu":
+        row["cpu_ms_per_image"] = inference_ms
+    row["onnx_mb"], why = onnx_size_mb(detector.model(), images[:1].to(detector.device))
+    if why:
+        row["onnx_error"] = why
+    return row
+
+
+def _guarded(measure, row: dict, what: str):
+    """Run one timing; a failure (e.g. an op without fp16 support) is noted in the row, not raised."""
+    try:
+        return measure()
+    except Exception as error:
+        row[f"{what}_error"] = f"{type(error).__name__}: {str(error)[:120]}"
+        return None
 
 
 COLUMNS = [("image_auroc", "image AUROC", ".3f"), ("image_aupr", "AUPR", ".3f"), ("best_tpr", "best TPR", ".3f"),
            ("best_tnr", "best TNR", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"),
            ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
-           ("inference_ms_per_image", "ms / image", ".2f"), ("peak_memory_mb", "peak MB", ".0f")]
+           ("cpu_ms_per_image", "CPU ms / image", ".2f"), ("gpu_ms_per_image", "GPU ms / image", ".2f"),
+           ("gpu_fp16_ms_per_image", "GPU fp16 ms / image", ".2f"), ("peak_memory_mb", "peak MB", ".0f"),
+           ("onnx_mb", "ONNX MB", ".1f"), ("supervision", "needs", "")]
 
 
 def markdown_table(report: dict) -> str:
@@ -151,8 +249,7 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {name} | skipped: {row['skipped']} |")
             continue
         cells = ["—" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in COLUMNS]
-        lines.append(f"| {name} (supervised) | " if row.get("supervised") else f"| {name} | ")
-        lines[-1] += " | ".join(cells) + " |"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -51,11 +51,14 @@ def create(name: str, **kwargs) -> "Detector":
 class Detector:
     """Base class: ``fit(train_dataset, profile)`` then ``predict(images) -> (scores, maps)``.
 
-    ``supervised`` says whether ``fit`` needs labelled anomalies in the training set.
+    ``supervised`` says whether ``fit`` needs labelled anomalies in the training set; ``trains`` is
+    false for methods that only collect statistics of a frozen, pretrained network.
     """
 
     name: str = "detector"
     supervised: bool = False
+    trains: bool = True
+    device: torch.device = torch.device("cpu")
 
     def fit(self, train_dataset, profile: str = "quick") -> "Detector":
         raise NotImplementedError
@@ -65,8 +68,23 @@ class Detector:
         raise NotImplementedError
 
     def model(self) -> torch.nn.Module | None:
-        """The trained network, for parameter counts and export; None for training-free methods."""
+        """The network that scores images, for parameter counts and ONNX export."""
         return getattr(self, "network", None)
+
+    @property
+    def supervision(self) -> str:
+        """What the method needs to be trained, in words (a column of the benchmark)."""
+        if self.supervised:
+            return "normal images + labelled anomalies"
+        return "normal images" if self.trains else "normal images, no training (pretrained features)"
+
+    def to(self, device) -> "Detector":
+        """Move a trained detector to ``device``: every network it holds, and where ``predict`` works."""
+        self.device = torch.device(device)
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(self.device)
+        return self
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:

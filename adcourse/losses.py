@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .backbones import ImageNetInput, load_imagenet_state
+
 
 def gaussian_kernel(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
     """A normalised 1-D Gaussian of ``size`` taps."""
@@ -91,7 +93,6 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator: 
 # --- Perceptual and style losses, triplet loss (chapter 4, SIREN inpainting) ----------------------
 
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
-_VGG_WARNED = False
 
 
 class VGGFeatures(torch.nn.Module):
@@ -120,55 +121,22 @@ class VGGFeatures(torch.nn.Module):
         with torch.random.fork_rng(devices=[]):  # a fixed random init that leaves the global RNG alone
             torch.manual_seed(seed)
             features = tv_vgg.make_layers(tv_vgg.cfgs["D"])[: last + 1]
-        self.pretrained = False
-        if pretrained:
-            self.pretrained = self._load_imagenet(features, tv_vgg, download)
+        state = load_imagenet_state(tv_vgg.VGG16_Weights.IMAGENET1K_V1.url, "VGG-16", download) if pretrained else None
+        if state is not None:
+            features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                      if k.startswith("features.") and k[len("features."):] in features.state_dict()})
+        self.pretrained = state is not None
         for i, module in enumerate(features):
             if isinstance(module, torch.nn.ReLU):
                 features[i] = torch.nn.ReLU(inplace=False)
         self.features = features.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    @staticmethod
-    def _load_imagenet(features, tv_vgg, download: bool) -> bool:
-        global _VGG_WARNED
-        import os
-
-        url = tv_vgg.VGG16_Weights.IMAGENET1K_V1.url
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-        try:
-            if not os.path.exists(path):
-                if not download:
-                    raise FileNotFoundError("not in torchvision's cache and download=False")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                # torchvision's file names carry the first digits of the file's SHA-256
-                torch.hub.download_url_to_file(url, path, hash_prefix=os.path.basename(url).split("-")[1][:8],
-                                               progress=False)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            ours = {k[len("features."):]: v for k, v in state.items()
-                    if k.startswith("features.") and k[len("features."):] in features.state_dict()}
-            features.load_state_dict(ours)
-            return True
-        except Exception as error:  # no network, no cache, corrupted file: say so once, continue
-            if not _VGG_WARNED:
-                import warnings
-                warnings.warn(f"ImageNet VGG-16 weights could not be loaded ({type(error).__name__}: "
-                              f"{str(error)[:100]}); the perceptual and style losses use a seeded, randomly "
-                              "initialised VGG-16 instead. To use the real weights, run once with network "
-                              "access and download=True (torchvision caches them).", stacklevel=3)
-                _VGG_WARNED = True
-            return False
+        self.input = ImageNetInput()
 
     def train(self, mode: bool = True):  # always frozen, always in eval mode
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"VGGFeatures expects 1 or 3 channels, got {x.shape[1]}")
-        h = (x - self.mean) / self.std
+        h = self.input(x)
         wanted = {VGG16_LAYERS[name]: name for name in self.layers}
         out = []
         for i, module in enumerate(self.features):

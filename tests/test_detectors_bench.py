@@ -46,9 +46,9 @@ def test_every_registered_method_fits_and_predicts_on_tiny_data():
         assert maps.shape == (6, 32, 32), name
 
 
-# Methods that count training in steps rather than epochs.
+# Methods that count training in steps rather than epochs, or do not train.
 TINY_TRAINING = {"fanogan": dict(gan_steps=2, encoder_steps=2, n_patches=64),
-                 "fcbigan": dict(steps=2, n_patches=64)}
+                 "fcbigan": dict(steps=2, n_patches=64), "padim": {}}
 
 
 def test_load_data_specs():
@@ -87,9 +87,13 @@ def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     assert {"data", "profile", "seed", "device", "date", "results"} <= set(saved)
     row = saved["results"]["ae_l2"]
     for key in ["image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro", "parameters",
-                "train_seconds", "inference_ms_per_image", "peak_memory_mb", "supervised"]:
+                "train_seconds", "inference_ms_per_image", "cpu_ms_per_image", "gpu_ms_per_image",
+                "gpu_fp16_ms_per_image", "peak_memory_mb", "onnx_mb", "supervised", "supervision"]:
         assert key in row
     assert 0 <= row["image_auroc"] <= 1 and row["parameters"] > 0
+    assert row["cpu_ms_per_image"] == row["inference_ms_per_image"] > 0 and row["gpu_ms_per_image"] is None
+    assert row["onnx_mb"] == pytest.approx(4 * row["parameters"] / 2 ** 20, rel=0.1)  # float32 weights + a graph
+    assert row["supervision"] == "normal images" and row["peak_memory_mb"] is not None
     assert "| ae_l2 |" in out.with_suffix(".md").read_text()
 
     # a second run with one more method trains only the new one
@@ -134,3 +138,31 @@ def test_supervised_methods_get_labelled_anomalies(monkeypatch):
     skipped = bench.run(["toy_supervised"], "textures:brick", "quick", progress=False)
     assert "no labelled anomalies" in skipped["results"]["toy_supervised"]["skipped"]
     assert "skipped" in bench.markdown_table(skipped)
+
+
+def test_peak_memory_sees_an_allocation_and_only_its_own():
+    with bench.PeakMemory(torch.device("cpu")) as peak:
+        block = torch.ones(64 * 2 ** 20 // 4)  # 64 MB, touched
+        del block
+    assert 48 < peak.mb < 200
+    with bench.PeakMemory(torch.device("cpu")) as quiet:
+        pass
+    assert quiet.mb < 16  # the earlier allocation is not counted again
+
+
+def test_onnx_size_of_a_network_and_the_reason_when_there_is_none():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3))
+    size, why = bench.onnx_size_mb(net, torch.rand(1, 1, 16, 16))
+    assert why is None and size == pytest.approx(4 * sum(p.numel() for p in net.parameters()) / 2 ** 20, abs=0.01)
+    size, why = bench.onnx_size_mb(torch.nn.ModuleDict({"a": net}), torch.rand(1, 1, 16, 16))
+    assert size is None and why
+    assert bench.onnx_size_mb(None, torch.rand(1)) == (None, "no network to export")
+
+
+def test_latency_and_moving_a_detector():
+    train = TextureDefects("brick", "train", n=8, patch_size=32)
+    detector = detectors.create("ae_l2", epochs=1, device="cpu").fit(train)
+    assert bench.latency_ms(detector, train.images[:4], repeats=1) > 0
+    assert detector.to("cpu").device == torch.device("cpu")
+    assert next(detector.network.parameters()).device.type == "cpu"
+    assert detectors.create("padim").supervision.endswith("no training (pretrained features)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcourse import detectors, losses
+from adcourse import backbones, detectors, losses
 from adcourse.data import OneClassDigits, TextureDefects
 from adcourse.losses import (VGGFeatures, cosine_distance, gram_matrix, perceptual_loss, style_loss,
                              triplet_loss)
@@ -251,7 +251,7 @@ def test_vgg_features_warn_once_and_fall_back_when_weights_cannot_load(monkeypat
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    monkeypatch.setattr(losses, "_VGG_WARNED", False)
+    monkeypatch.setattr(backbones, "_WARNED", set())
     with pytest.warns(UserWarning, match="seeded, randomly initialised VGG-16"):
         vgg = VGGFeatures(layers=("relu1_2",), pretrained=True)
     assert not vgg.pretrained

@@ -4,5 +4,7 @@ from .gans import FAnoGANDetector, FCBiGANDetector  # noqa: F401
 from .corruption_ae import AE, AESc, CorruptionAEDetector, GaussianActivationScorer  # noqa: F401
 from .capsules import CapsNet, CapsNetDetector, dynamic_routing, squash  # noqa: F401
 from .siren import Siren, SirenInpaintDetector, SirenInpainter  # noqa: F401
+from .vit_gmm import VTADL, VTADLDetector  # noqa: F401
+from .padim import PaDiMDetector  # noqa: F401
 
 __all__ = ["AutoencoderDetector", "ConvAutoencoder"]
