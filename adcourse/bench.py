@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -30,7 +32,7 @@ from tqdm.auto import tqdm
 from . import detectors, metrics
 from .data import (BTAD, MVTecAD, OneClassDigits, TextureDefects, TorchvisionOneClass, TORCHVISION_SETS,
                    DatasetError)
-from .train import count_parameters, pick_device, resolve_profile, seed_everything
+from .train import count_parameters, pick_device, resolve_profile, seed_everything, write_text_atomic
 
 # Built-in data sizes per profile: quick keeps a 2-core CPU busy for about a minute per method.
 TEXTURE_SIZES = {"quick": dict(train=256, test=128), "full": dict(train=2048, test=512)}
@@ -91,12 +93,24 @@ def stack(dataset) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     return images, labels, masks
 
 
+def _return_freed_memory_to_the_system() -> None:
+    """glibc keeps freed memory for reuse, so a method that runs after a bigger one would not grow
+    the resident set at all; ``malloc_trim`` hands the freed pages back first. Best effort: other
+    C libraries simply skip it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of what runs inside ``with PeakMemory(device) as peak:``, in MB, as ``peak.mb``.
 
-    On CUDA: the allocator's peak. On a CPU: the process's resident set, sampled every 5 ms by a
-    background thread, minus what it was on entry — so each method of a run gets its own figure
-    (the process-wide maximum of ``getrusage`` never goes down). ``None`` where ``/proc`` is missing.
+    On CUDA: the allocator's peak above what was allocated on entry. On a CPU: the process's resident
+    set, sampled every 5 ms by a background thread, minus what it was on entry (after freed memory
+    is handed back), so each method of a run gets its own figure — the process-wide maximum of
+    ``getrusage`` never goes down. The CPU figure is approximate (to some ten MB: memory that an
+    earlier method left to the allocator can be reused); ``None`` where ``/proc`` is missing.
     """
 
     def __init__(self, device: torch.device):
@@ -115,6 +129,8 @@ class PeakMemory:
             self._peak = max(self._peak, self._rss())
 
     def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        _return_freed_memory_to_the_system()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
@@ -218,7 +234,7 @@ def run_method(name: str, train, test_batch, profile: str, seed: int, device=Non
                                                               repeats=1), row, "cpu")
     elif dev.type == "cpu":
         row["cpu_ms_per_image"] = inference_ms
-    row["onnx_mb"], why = onnx_size_mb(detector.model(), images[:1].to(detector.device))
+    row["onnx_mb"], why = onnx_size_mb(*detector.export_graph(images[:1].to(detector.device)))
     if why:
         row["onnx_error"] = why
     return row
@@ -253,16 +269,12 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_results_json(name: str, payload: dict, start: str | os.PathLike = ".") -> Path:
+    """Write ``payload`` to ``book/results/<name>.json`` of the course checkout that contains
+    ``start`` (the folder with ``_toc.yml``; ``start`` itself if none), atomically."""
+    here = Path(start).resolve()
+    root = next((p for p in (here, *here.parents) if (p / "_toc.yml").is_file()), here)
+    return write_text_atomic(root / "book" / "results" / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True))
 
 
 def describe_device(device: torch.device) -> str:
@@ -301,8 +313,8 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, ou
             report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
         report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         if out:
-            _write_atomic(out, json.dumps(report, indent=2) + "\n")
-            _write_atomic(out.with_suffix(".md"), markdown_table(report))
+            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), markdown_table(report))
     return report
 
 

@@ -71,6 +71,12 @@ class Detector:
         """The network that scores images, for parameter counts and ONNX export."""
         return getattr(self, "network", None)
 
+    def export_graph(self, images: torch.Tensor) -> tuple[torch.nn.Module | None, torch.Tensor]:
+        """The network to export to ONNX and an input to trace it with: by default :meth:`model`
+        on ``images``. Methods whose networks do not map an image batch to an output on their
+        own (several networks, patches) return a :class:`ScoringGraph` instead."""
+        return self.model(), images
+
     @property
     def supervision(self) -> str:
         """What the method needs to be trained, in words (a column of the benchmark)."""
@@ -85,6 +91,18 @@ class Detector:
             if isinstance(value, torch.nn.Module):
                 value.to(self.device)
         return self
+
+
+class ScoringGraph(torch.nn.Module):
+    """``forward(x) = score(x, *networks)``: the networks of a method joined into one graph for export."""
+
+    def __init__(self, score: Callable, *networks: torch.nn.Module):
+        super().__init__()
+        self.score = score
+        self.networks = torch.nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor):
+        return self.score(x, *self.networks)
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:

@@ -166,3 +166,25 @@ def test_latency_and_moving_a_detector():
     assert detector.to("cpu").device == torch.device("cpu")
     assert next(detector.network.parameters()).device.type == "cpu"
     assert detectors.create("padim").supervision.endswith("no training (pretrained features)")
+
+
+def test_results_are_written_into_the_course_checkout_readable_by_everyone(tmp_path):
+    (tmp_path / "_toc.yml").write_text("root: intro\n")
+    start = tmp_path / "notebooks"
+    start.mkdir()
+    path = bench.write_results_json("09_vit_gmm", {"aupro": 0.5}, start=start)
+    assert path == tmp_path / "book" / "results" / "09_vit_gmm.json"
+    assert json.loads(path.read_text()) == {"aupro": 0.5}
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["09_vit_gmm.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("name", ["fanogan", "fcbigan"])
+def test_methods_with_several_networks_export_them_as_one_graph(name):
+    train = TextureDefects("gravel", "train", n=16, patch_size=32)
+    detector = detectors.create(name, device="cpu", **TINY_TRAINING[name]).fit(train)
+    graph, example = detector.export_graph(train.images[:1])
+    assert isinstance(graph, detectors.ScoringGraph)
+    size, why = bench.onnx_size_mb(graph, example)
+    parameters = sum(p.numel() for p in graph.parameters())
+    assert why is None and size == pytest.approx(4 * parameters / 2 ** 20, rel=0.2)

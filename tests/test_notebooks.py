@@ -20,10 +20,10 @@ from adcourse.notebooks import execute
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]*.ipynb"))
 EXECUTED = REPO / "artifacts" / "executed"
-# The course's budget is 90 s a chapter on a 2-core CPU. Not every chapter meets it yet (chapter 2
-# took about 200 s on a shared machine), so the test only stops gross regressions; the measured
+# The course's budget is 90 s a chapter on a quiet 2-core CPU (3 minutes for the comparison chapter).
+# A loaded CI machine can be twice as slow, so the test stops gross regressions only; the measured
 # times land in artifacts/executed/timings.json.
-SECONDS_LIMIT = 300
+SECONDS_LIMIT = 200
 
 
 def _cells(path):

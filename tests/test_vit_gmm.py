@@ -12,7 +12,7 @@ from adcourse.detectors import available, create
 from adcourse.losses import mixture_nll
 from adcourse.models.vit_gmm import (ConvDecoder, MixtureDensityNetwork, MultiHeadSelfAttention, PatchEmbed,
                                      TransformerBlock, ViTEncoder, VTADL, VTADLDetector, attention, decoder_plan,
-                                     patchify, refit_mixture, weighted_component_nll, write_results_json)
+                                     patchify, refit_mixture, weighted_component_nll)
 
 
 # ---------------------------------------------------------------- attention and tokens
@@ -279,12 +279,3 @@ def test_vtadl_fits_colour_images_and_the_code_variant():
     scores, maps = detector.predict(images[:3])
     assert scores.shape == (3,) and maps.shape == (3, 32, 32)
     assert detector.network.grid == 4
-
-
-def test_write_results_json(tmp_path):
-    (tmp_path / "_toc.yml").write_text("root: intro\n")
-    start = tmp_path / "notebooks"
-    start.mkdir()
-    path = write_results_json("09_vit_gmm", {"aupro": 0.5}, start=start)
-    assert path == tmp_path / "book" / "results" / "09_vit_gmm.json"
-    assert json.loads(path.read_text()) == {"aupro": 0.5}

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from ..detectors import Detector, register
+from ..detectors import Detector, ScoringGraph, register
 from ..losses import gradient_penalty
 from ..train import pick_device, resolve_profile
 
@@ -754,6 +754,13 @@ class FAnoGANDetector(Detector):
                                              lr=s["encoder_lr"], device=self.device)
         return self
 
+    def export_graph(self, images: torch.Tensor):
+        """Encoder, generator and critic as one patch -> (residual map, score) graph, on a patch."""
+        def score(x, encoder, generator, critic):
+            out = fanogan_scores(x, encoder, generator, critic, self.kappa)
+            return out["residual"], out["score"]
+        return ScoringGraph(score, self.encoder, self.generator, self.critic), images[..., :self.patch, :self.patch]
+
     @torch.no_grad()
     def score_patches(self, patches: torch.Tensor) -> dict:
         """:func:`fanogan_scores` of N×C×P×P patches given in [0, 1]."""
@@ -834,6 +841,13 @@ class FCBiGANDetector(Detector):
         parts = [fcbigan_losses(to_signed(images[i:i + batch_size].to(self.device)), self.encoder, self.generator,
                                 self.discriminator) for i in range(0, len(images), batch_size)]
         return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in ("l_r", "l_d")}
+
+    def export_graph(self, images: torch.Tensor):
+        """Encoder, generator and discriminator as one whole image -> (L_R, L_D) graph."""
+        def losses(x, encoder, generator, discriminator):
+            out = fcbigan_losses(x, encoder, generator, discriminator)
+            return out["l_r"], out["l_d"]
+        return ScoringGraph(losses, self.encoder, self.generator, self.discriminator), images
 
     def maps_from_losses(self, losses: dict, aggregation: str | None = None, filter_size: int | None = None) -> np.ndarray:
         maps = aggregate_scores(losses["l_r"], losses["l_d"], self.stats, aggregation or self.aggregation, self.alpha)

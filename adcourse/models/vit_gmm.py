@@ -18,11 +18,7 @@ for the side-by-side comparison).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -584,25 +580,3 @@ class VTADLDetector(Detector):
 
 
 register("vtadl")(lambda **kw: VTADLDetector(**kw))
-
-
-# ----------------------------------------------------------------------------------------------
-# Results of a full run
-# ----------------------------------------------------------------------------------------------
-
-def write_results_json(name: str, payload: dict, start: str | os.PathLike = ".") -> Path:
-    """Write ``payload`` to ``book/results/<name>.json`` of the course checkout that contains
-    ``start`` (the folder with ``_toc.yml``; ``start`` itself if none), atomically."""
-    here = Path(start).resolve()
-    root = next((p for p in (here, *here.parents) if (p / "_toc.yml").is_file()), here)
-    path = root / "book" / "results" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
