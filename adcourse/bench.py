@@ -166,6 +166,22 @@ def latency_ms(detector, images: torch.Tensor, half: bool = False, repeats: int 
     return 1000 * float(np.median(times[1:])) / len(images)
 
 
+@contextlib.contextmanager
+def _silenced_stdout():
+    """Send file descriptor 1 to /dev/null: when an export fails, the TorchScript exporter's C++
+    logger (always on in this PyTorch, a bug of its own) prints the whole graph there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def onnx_size_mb(module: torch.nn.Module | None, example: torch.Tensor) -> tuple[float | None, str | None]:
     """``(size in MB, None)`` of ``module`` exported to ONNX with ``example`` as input, or
     ``(None, why)`` when it has no single-image-batch forward that the exporter can trace."""
@@ -174,7 +190,7 @@ def onnx_size_mb(module: torch.nn.Module | None, example: torch.Tensor) -> tuple
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _silenced_stdout():
                 warnings.simplefilter("ignore")
                 # The TorchScript-based exporter: the newer one needs onnxscript, which the course
                 # does not install.
@@ -302,6 +318,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, ou
     test_batch = stack(test)
     todo = [m for m in methods if m not in report["results"]]
     for name in tqdm(todo, desc="methods", **({} if progress else {"disable": True})):
+        start = time.perf_counter()
         if detectors.create(name).supervised:
             try:
                 supervised_train, _ = load_data(data, profile, seed, SUPERVISED_ANOMALY_FRACTION)
@@ -311,6 +328,9 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, ou
             report["results"][name] = run_method(name, supervised_train, test_batch, profile, seed, device)
         else:
             report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
+        # everything the method cost this run: training, scoring, the extra timings and the export
+        report["results"][name]["wall_seconds"] = time.perf_counter() - start
+        report["wall_seconds"] = sum(row.get("wall_seconds", 0) for row in report["results"].values())
         report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         if out:
             write_text_atomic(out, json.dumps(report, indent=2) + "\n")
@@ -333,7 +353,8 @@ def main(argv=None) -> int:
         report = run(methods, args.data, args.profile, args.seed, args.out, args.device, command=command)
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"\n{args.data}, profile {report['profile']}, device {report['device']}\n")
+    print(f"\n{args.data}, profile {report['profile']}, device {report['device']}, "
+          f"{report.get('wall_seconds', 0):.0f} s for {len(report['results'])} methods\n")
     print(markdown_table(report))
     return 0
 

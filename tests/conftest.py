@@ -2,6 +2,7 @@ import os
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in test logs
@@ -12,3 +13,18 @@ def _close_figures():
     yield
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+@pytest.fixture
+def offline_weights(monkeypatch, tmp_path):
+    """No network and an empty torchvision cache: pretrained weights cannot be had."""
+    from adcourse import backbones
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(backbones, "_WARNED", set())  # each test sees its own first warning
+    return tmp_path

@@ -3,23 +3,10 @@ import warnings
 import pytest
 import torch
 
-from adcourse import backbones
 from adcourse.backbones import ImageNetInput, ResNet18Features
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
-
-    def no_network(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    monkeypatch.setattr(backbones, "_WARNED", set())
-    return tmp_path
-
-
-def test_resnet18_stages_have_the_documented_strides_and_channels(offline):
+def test_resnet18_stages_have_the_documented_strides_and_channels(offline_weights):
     with pytest.warns(UserWarning, match="seeded, randomly initialised ResNet-18"):
         net = ResNet18Features(layers=("layer1", "layer2", "layer3", "layer4"))
     assert not net.pretrained
@@ -29,7 +16,7 @@ def test_resnet18_stages_have_the_documented_strides_and_channels(offline):
     assert not net.train().training  # batch-norm statistics stay fixed
 
 
-def test_resnet18_keeps_only_the_stages_it_needs_and_is_seeded(offline):
+def test_resnet18_keeps_only_the_stages_it_needs_and_is_seeded(offline_weights):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = ResNet18Features(layers=("layer2",), seed=3)

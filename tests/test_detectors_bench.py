@@ -84,7 +84,7 @@ def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     report = bench.run(["ae_l2"], "textures:brick", "quick", out=out, progress=False)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
-    assert {"data", "profile", "seed", "device", "date", "results"} <= set(saved)
+    assert {"data", "profile", "seed", "device", "date", "results", "wall_seconds"} <= set(saved)
     row = saved["results"]["ae_l2"]
     for key in ["image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro", "parameters",
                 "train_seconds", "inference_ms_per_image", "cpu_ms_per_image", "gpu_ms_per_image",
@@ -94,6 +94,7 @@ def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     assert row["cpu_ms_per_image"] == row["inference_ms_per_image"] > 0 and row["gpu_ms_per_image"] is None
     assert row["onnx_mb"] == pytest.approx(4 * row["parameters"] / 2 ** 20, rel=0.1)  # float32 weights + a graph
     assert row["supervision"] == "normal images" and row["peak_memory_mb"] is not None
+    assert row["train_seconds"] < row["wall_seconds"] == saved["wall_seconds"]
     assert "| ae_l2 |" in out.with_suffix(".md").read_text()
 
     # a second run with one more method trains only the new one

@@ -321,3 +321,19 @@ def test_oneclass_offline_message(tmp_path, name, folder, file):
     message = str(err.value)
     assert name in message and file in message and "download=True" in message
     assert str(tmp_path / folder) in message
+def test_coil100_one_class_split(tmp_path):
+    from adcourse.data import Coil100OneClass
+
+    for obj in (1, 2, 3):
+        for angle in range(0, 50, 5):  # 10 views per object
+            Image.new("RGB", (32, 32), (obj * 60, angle, 0)).save(tmp_path / f"obj{obj}__{angle}.png")
+    train = Coil100OneClass(tmp_path, 2, "train", image_size=16)
+    test = Coil100OneClass(tmp_path, 2, "test", image_size=16)
+    assert len(train) == 8 and set(train.labels) == {0}  # 80 % of object 2's views
+    assert list(test.labels).count(0) == 2 and list(test.labels).count(1) == 2  # as many views of others
+    assert not set(train.files) & set(test.files)
+    item = test[0]
+    assert item["image"].shape == (3, 16, 16) and item["mask"].shape == (1, 16, 16)
+    assert all("obj2__" in f.name for f in train.files)
+    with pytest.raises(DatasetError, match="COIL-100 not found in .*empty"):
+        Coil100OneClass(tmp_path / "empty", 1, "train")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcourse import backbones, detectors, losses
+from adcourse import detectors, losses
 from adcourse.data import OneClassDigits, TextureDefects
 from adcourse.losses import (VGGFeatures, cosine_distance, gram_matrix, perceptual_loss, style_loss,
                              triplet_loss)
@@ -244,14 +244,7 @@ def test_vgg_features_random_fallback_is_seeded_and_losses_behave():
     assert not any(p.requires_grad for p in vgg.parameters())
 
 
-def test_vgg_features_warn_once_and_fall_back_when_weights_cannot_load(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
-
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    monkeypatch.setattr(backbones, "_WARNED", set())
+def test_vgg_features_warn_once_and_fall_back_when_weights_cannot_load(offline_weights):
     with pytest.warns(UserWarning, match="seeded, randomly initialised VGG-16"):
         vgg = VGGFeatures(layers=("relu1_2",), pretrained=True)
     assert not vgg.pretrained

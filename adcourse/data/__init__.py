@@ -5,12 +5,13 @@ Every dataset yields dicts with ``image`` (C×H×W floats in [0, 1]), ``label`` 
 """
 from .btad import BTAD, BTAD_PRODUCTS
 from .builtin import InMemoryAnomalyDataset, OneClassDigits, TextureDefects
+from .coil100 import Coil100OneClass
 from .download import DatasetError, cache_dir, download, download_and_extract, safe_extract, sha256sum
 from .mvtec import MVTEC_CATEGORIES, MVTecAD
 from .torchvision_oneclass import TORCHVISION_SETS, TorchvisionOneClass
 
 __all__ = [
-    "BTAD", "BTAD_PRODUCTS", "DatasetError", "InMemoryAnomalyDataset", "MVTEC_CATEGORIES", "MVTecAD",
+    "BTAD", "BTAD_PRODUCTS", "Coil100OneClass", "DatasetError", "InMemoryAnomalyDataset", "MVTEC_CATEGORIES", "MVTecAD",
     "OneClassDigits", "TORCHVISION_SETS", "TextureDefects", "TorchvisionOneClass", "cache_dir", "download",
     "download_and_extract", "safe_extract", "sha256sum",
 ]
