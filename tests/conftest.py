@@ -9,6 +9,16 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in test logs
 
 
 @pytest.fixture(autouse=True)
+def _never_download(monkeypatch):
+    """Tests run offline by design: any attempt to fetch pretrained weights fails at once (and the
+    code under test then takes its documented fallback) instead of reaching for the network."""
+    def refuse(url, *args, **kwargs):
+        raise OSError(f"tests do not download ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture(autouse=True)
 def _close_figures():
     yield
     import matplotlib.pyplot as plt

@@ -324,9 +324,11 @@ class _PyramidalDetector(Detector):
     MODEL_KEYS: tuple = ()
 
     def __init__(self, perceptual_weight: float = 1.0, ssim_weight: float = 1.0, smoothing: float = 1.0,
-                 pretrained: bool = True, download: bool = True, device=None, **overrides):
+                 pretrained: bool = True, download: bool | None = None, device=None, **overrides):
         self.perceptual_weight, self.ssim_weight, self.smoothing = perceptual_weight, ssim_weight, smoothing
-        self.pretrained, self.download = pretrained, download
+        # ImageNet weights are downloaded by the full profile only (unless asked): a quick run or a
+        # test uses them when they are cached and never reaches for the network.
+        self.pretrained, self._download = pretrained, download
         self.device = pick_device(device)
         self.overrides = overrides
         self.history: list[float] = []
@@ -336,6 +338,7 @@ class _PyramidalDetector(Detector):
 
     def fit(self, train_dataset, profile: str = "quick"):
         settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        self.download = resolve_profile(profile) == "full" if self._download is None else self._download
         channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
         self.network = self.build(channels, size, settings).to(self.device)
         self.vgg = VGG11Features(pretrained=self.pretrained, download=self.download).to(self.device) \
