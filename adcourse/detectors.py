@@ -67,6 +67,23 @@ class Detector:
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    PROFILES: dict = {}
+    overrides: dict = {}
+    strict_settings: bool = False  # True: an override that no profile knows is an error
+
+    def profile_settings(self, profile: str) -> dict:
+        """The settings of ``profile`` (quick/full/auto, see :func:`adcourse.train.resolve_profile`)
+        with the constructor's overrides on top; kept as ``self.settings``."""
+        from .train import resolve_profile
+
+        if self.strict_settings:
+            known = set(self.PROFILES["quick"])
+            unknown = set(self.overrides) - known
+            if unknown:
+                raise ValueError(f"unknown {self.name} settings {sorted(unknown)}; known: {sorted(known)}")
+        self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        return self.settings
+
     def model(self) -> torch.nn.Module | None:
         """The network that scores images, for parameter counts and ONNX export."""
         return getattr(self, "network", None)

@@ -18,6 +18,15 @@ def _never_download(monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny networks: one thread is faster than two and does not fight other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield

@@ -10,13 +10,7 @@ from adcourse.models.corruption_ae import (AE, AESc, CorruptionAEDetector, Gauss
                                            corrupt_batch, mc_dropout, residual_map, source_dropout)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only add overhead (and stall on a shared CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 
 
 @pytest.mark.parametrize("cls", [AE, AESc])

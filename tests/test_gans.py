@@ -10,13 +10,7 @@ from adcourse.losses import gradient_penalty
 from adcourse.models import gans
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These networks are tiny: one thread is faster than two and does not fight other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 
 
 # --- gradient penalty ---------------------------------------------------------------------------

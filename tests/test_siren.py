@@ -16,13 +16,7 @@ from adcourse.models.siren import (CropConv2d, CropConvEncoder, ReluMLP, SineLay
                                    rotate, window_offsets)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are small: one thread avoids the cost of sharing tiny operations."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.py
 
 
 # -- an image as a function -------------------------------------------------------------------

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_loss, ssim_map
-from ..train import batch_to, fit, pick_device, resolve_profile
+from ..train import batch_to, fit, pick_device
 
 
 def down_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -71,7 +71,7 @@ class AutoencoderDetector(Detector):
         self.history: list[float] = []
 
     def fit(self, train_dataset, profile: str = "quick") -> "AutoencoderDetector":
-        settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        settings = self.profile_settings(profile)
         channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
         depth = max((d for d in range(1, 5) if size % 2 ** d == 0), default=None)  # 64 → 4, 28 → 2
         if depth is None:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from ..detectors import Detector, register, smooth_maps
-from ..train import batch_to, fit, pick_device, resolve_profile
+from ..train import batch_to, fit, pick_device
 
 NORMAL, ANOMALY = 0, 1  # index of each output capsule
 _HALF = (torch.float16, torch.bfloat16)
@@ -253,7 +253,7 @@ class CapsNetDetector(Detector):
 
     # -- training -----------------------------------------------------------------------------
     def fit(self, train_dataset, profile: str = "quick") -> "CapsNetDetector":
-        settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        settings = self.profile_settings(profile)
         labels = dataset_labels(train_dataset)
         n_anomalies = int((labels == 1).sum())
         if n_anomalies == 0:

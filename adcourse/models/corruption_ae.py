@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from .. import corruption as _corruption
 from ..detectors import Detector, register, smooth_maps
-from ..train import fit, pick_device, resolve_profile
+from ..train import fit, pick_device
 
 # Training corruptions by name; ``none`` trains a plain (identity) autoencoder.
 CORRUPTIONS: dict[str, Callable | None] = {
@@ -330,7 +330,7 @@ class CorruptionAEDetector(Detector):
         self.gaussian: GaussianActivationScorer | None = None
 
     def fit(self, train_dataset, profile: str = "quick") -> "CorruptionAEDetector":
-        self.settings = settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        settings = self.profile_settings(profile)
         self.train_images = clean = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
         depth = _largest_depth(min(clean.shape[-2:]), settings["depth"])
         dropout = source_dropout(depth) if self.dropout == "source" else self.dropout

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..detectors import Detector, ScoringGraph, register
 from ..losses import gradient_penalty
-from ..train import pick_device, resolve_profile
+from ..train import pick_device
 
 # ---------------------------------------------------------------------------------------------
 # Data helpers
@@ -734,7 +734,7 @@ class FAnoGANDetector(Detector):
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "FAnoGANDetector":
-        s = self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         images = _as_signed_images(train_dataset)
         side = min(s["patch_size"], *images.shape[-2:])
         if side < 8:
@@ -814,7 +814,7 @@ class FCBiGANDetector(Detector):
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "FCBiGANDetector":
-        s = self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         images = _as_signed_images(train_dataset)
         factor = 2 ** s["depth"]
         if images.shape[-1] % factor or images.shape[-2] % factor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..backbones import ResNet18Features
 from ..detectors import Detector, register, smooth_maps
-from ..train import pick_device, resolve_profile
+from ..train import pick_device
 
 
 def gaussian_per_position(features: torch.Tensor, epsilon: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,7 @@ class PaDiMDetector(Detector):
 
     name = "padim"
     trains = False
+    strict_settings = True
     # Quick and full differ only in how many channels they keep: nothing is trained.
     PROFILES = {"quick": dict(d=100, epsilon=0.01, smoothing=4.0, pretrained=True, download=False),
                 "full": dict(d=100, epsilon=0.01, smoothing=4.0, pretrained=True, download=True)}
@@ -76,10 +77,7 @@ class PaDiMDetector(Detector):
 
     @torch.no_grad()
     def fit(self, train_dataset, profile: str = "quick") -> "PaDiMDetector":
-        unknown = set(self.overrides) - set(self.PROFILES["quick"])
-        if unknown:
-            raise ValueError(f"unknown padim settings {sorted(unknown)}; known: {sorted(self.PROFILES['quick'])}")
-        self.settings = s = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         self.backbone = ResNet18Features(("layer1", "layer2", "layer3"), pretrained=s["pretrained"],
                                          download=s["download"], seed=self.seed).to(self.device)
         total = 64 + 128 + 256

@@ -163,9 +163,16 @@ def orthogonal_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _feature_size(backbone: nn.Module, in_channels: int, image_size: int) -> int:
+def _backbone(in_channels: int, image_size: int, last_stage: str | None, maxpool: bool | None, se: bool,
+              pretrained: bool, download: bool, seed: int) -> tuple[SEResNet, int, int]:
+    """The SE-ResNet both pyramidal models start from (stage and max pooling from :func:`backbone_plan`
+    unless given), its channel count and the side of its feature map."""
+    plan = backbone_plan(image_size)
+    backbone = SEResNet(last_stage or plan[0], plan[1] if maxpool is None else maxpool, se=se,
+                        pretrained=pretrained, download=download, seed=seed)
     with torch.no_grad():
-        return backbone(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+        side = backbone(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+    return backbone, backbone.out_channels, side
 
 
 # --- chapter 4: stacked pyramidal autoencoder ------------------------------------------------------
@@ -184,11 +191,8 @@ class PyramidalAE(nn.Module):
                  up_channels: int = 16, skip: bool = True, decoder_width: int = 64, pretrained: bool = True,
                  download: bool = True, seed: int = 0):
         super().__init__()
-        plan = backbone_plan(image_size)
-        self.backbone = SEResNet(last_stage or plan[0], plan[1] if maxpool is None else maxpool, se=False,
-                                 pretrained=pretrained, download=download, seed=seed)
-        c = self.backbone.out_channels
-        self.h = _feature_size(self.backbone, in_channels, image_size)
+        self.backbone, c, self.h = _backbone(in_channels, image_size, last_stage, maxpool, False, pretrained,
+                                             download, seed)
         self.pyramid = PyramidPooling(c, pool_channels, bins, relu=True)
         self.encoders = nn.ModuleList(nn.Sequential(
             nn.Conv2d(pool_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -228,11 +232,8 @@ class PIADE(nn.Module):
                  up_channels: int = 32, skip: bool = True, decoder_width: int = 64, pretrained: bool = True,
                  download: bool = True, seed: int = 0):
         super().__init__()
-        plan = backbone_plan(image_size)
-        self.backbone = SEResNet(last_stage or plan[0], plan[1] if maxpool is None else maxpool, se=se,
-                                 pretrained=pretrained, download=download, seed=seed)
-        c = self.backbone.out_channels
-        self.h = _feature_size(self.backbone, in_channels, image_size)
+        self.backbone, c, self.h = _backbone(in_channels, image_size, last_stage, maxpool, se, pretrained,
+                                             download, seed)
         self.pyramid = PyramidPooling(c, pool_channels, bins, relu=False)
         if self.pyramid.n_values % in_dim:
             raise ValueError(f"{self.pyramid.n_values} pooled values cannot be cut into {in_dim}-d features")
@@ -337,7 +338,7 @@ class _PyramidalDetector(Detector):
         raise NotImplementedError
 
     def fit(self, train_dataset, profile: str = "quick"):
-        settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        settings = self.profile_settings(profile)
         self.download = resolve_profile(profile) == "full" if self._download is None else self._download
         channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
         self.network = self.build(channels, size, settings).to(self.device)

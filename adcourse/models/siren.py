@@ -26,7 +26,7 @@ from torch import nn
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import VGGFeatures, cosine_distance, perceptual_loss, style_loss, triplet_loss
-from ..train import pick_device, resolve_profile
+from ..train import pick_device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,7 +487,7 @@ class SirenInpaintDetector(Detector):
         return loss.item()
 
     def fit(self, train_dataset, profile: str = "quick") -> "SirenInpaintDetector":
-        s = self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         if s["discriminator"] not in (None, "joint", "after"):
             raise ValueError(f"discriminator must be None, 'joint' or 'after', got {s['discriminator']!r}")
         images = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])

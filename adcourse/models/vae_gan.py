@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..detectors import Detector, register, smooth_maps
-from ..train import batch_to, fit, pick_device, resolve_profile
+from ..train import batch_to, fit, pick_device
 from .autoencoders import down_block, up_block
 from .gans import Critic, to_signed
 
@@ -373,7 +373,7 @@ class VAEDetector(Detector):
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "VAEDetector":
-        s = self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         image = train_dataset[0]["image"]
         self.network = VAE(image.shape[0], image.shape[-1], self.latent_dim, self.width, depth=4).to(self.device)
         loader = DataLoader(train_dataset, batch_size=s["batch_size"], shuffle=True,
@@ -427,7 +427,7 @@ class CAVGADetector(Detector):
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick", monitor=None) -> "CAVGADetector":
-        s = self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         data = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
         channels, size = data.shape[1], data.shape[-1]
         self.network = VAE(channels, size, self.latent_channels, self.width, self.depth, latent="conv")

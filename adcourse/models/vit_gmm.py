@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import mixture_nll, ssim_loss, ssim_map
-from ..train import batch_to, fit, pick_device, resolve_profile
+from ..train import batch_to, fit, pick_device
 
 CONDITIONS = ("position", "none", "vector")
 MDN_LOSSES = ("mixture", "weighted_components")
@@ -487,6 +487,7 @@ class VTADLDetector(Detector):
     Any model argument of :class:`VTADL` and any training setting of ``PROFILES`` can be overridden.
     """
 
+    strict_settings = True
     MODEL_KEYS = ("patch_size", "dim", "depth", "heads", "mlp_dim", "recon_dim", "n_components", "condition",
                   "noise_std", "mdn_loss", "mdn_hidden", "decoder_width", "detach_mdn")
     PROFILES = {
@@ -515,10 +516,7 @@ class VTADLDetector(Detector):
         self.refit_history: list[float] = []
 
     def fit(self, train_dataset, profile: str = "quick") -> "VTADLDetector":
-        unknown = set(self.overrides) - set(self.PROFILES["quick"])
-        if unknown:
-            raise ValueError(f"unknown vtadl settings {sorted(unknown)}; known: {sorted(self.PROFILES['quick'])}")
-        self.settings = s = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
+        s = self.profile_settings(profile)
         channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
         patch = s["patch_size"] or max(size // 8, 1)
         model_args = {k: s[k] for k in self.MODEL_KEYS if k != "patch_size"}
