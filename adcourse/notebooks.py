@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,25 +49,18 @@ def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, pr
     """
     import papermill
 
+    from .train import atomic_output  # imports torch: only when a notebook is executed
+
     path = Path(path)
-    output = Path(output) if output else path
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".ipynb")
-    os.close(fd)
     os.environ.update(QUIET_ENV)
     start = time.perf_counter()
-    try:
+    with atomic_output(output or path, suffix=".ipynb") as tmp:  # papermill reads the format from the suffix
         injected = {**({} if profile == "auto" else {"PROFILE": profile}), **(parameters or {})}
-        papermill.execute_notebook(str(path), tmp, parameters=injected,
+        papermill.execute_notebook(str(path), str(tmp), parameters=injected,
                                    kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
                                    execution_timeout=600, start_timeout=120)
         seconds = time.perf_counter() - start
-        notebook = clean(nbformat.read(tmp, as_version=4))
-        nbformat.write(notebook, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a notebook is for everyone
-        os.replace(tmp, output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        nbformat.write(clean(nbformat.read(tmp, as_version=4)), tmp)
     return seconds
 
 

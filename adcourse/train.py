@@ -94,21 +94,28 @@ def batch_to(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename, readable by everyone (0644):
-    a reader never sees a half-written file, and an interrupted write leaves the old one in place."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path``; when the block ends without an error, the file written
+    there replaces ``path`` in one rename, readable by everyone (0644). A reader never sees a
+    half-written file, and a failure leaves the old one in place and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for everyone
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra) -> Path:
@@ -116,17 +123,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra) ->
 
     An interrupted save never leaves a truncated checkpoint in place of a good one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save({"state_dict": model.state_dict(), **extra}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, map_location="cpu") -> dict:

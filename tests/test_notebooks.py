@@ -71,3 +71,16 @@ def test_runs_in_quick_profile(path):
     timings.write_text(json.dumps({**recorded, path.stem: round(seconds, 1)}, indent=2))
     print(f"{path.name}: {seconds:.0f} s")
     assert seconds < SECONDS_LIMIT, f"{path.name} took {seconds:.0f} s in the quick profile (budget 90 s, limit {SECONDS_LIMIT} s)"
+
+
+def test_a_failing_run_leaves_the_previous_notebook_and_no_temporary_file(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    broken = new_notebook(cells=[new_code_cell("raise RuntimeError('broken cell')")])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, tmp_path / "broken.ipynb")
+    (tmp_path / "out.ipynb").write_text("previous")
+    with pytest.raises(Exception, match="broken cell"):
+        execute(tmp_path / "broken.ipynb", tmp_path / "out.ipynb")
+    assert (tmp_path / "out.ipynb").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ipynb", "out.ipynb"]
