@@ -14,10 +14,12 @@ timestamps, and progress-bar widgets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import nbformat
 
@@ -40,6 +42,24 @@ def clean(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return notebook
 
 
+@contextlib.contextmanager
+def _output_widgets_that_do_not_write_back():
+    """nbclient stands in for the front end of an Output widget (what ``ipywidgets.interact`` draws
+    into) and sends each captured output back to the kernel on the shell socket, while the reply to
+    the running cell is awaited on that same socket. That send can swallow the socket's wake-up, and
+    the reply is then only seen when the cell's timeout runs out: a 10-second chapter took 10 minutes
+    (jupyter/nbclient#312). A batch run has no one to show the widget to, so the outputs are still
+    captured but not sent back."""
+    from nbclient import client, output_widget
+
+    class CapturingOnly(output_widget.OutputWidget):
+        def sync_state(self) -> None:
+            pass
+
+    with mock.patch.object(client, "OutputWidget", CapturingOnly):
+        yield
+
+
 def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, profile: str = "auto",
             parameters: dict | None = None, cwd: str | os.PathLike | None = None) -> float:
     """Run ``path`` top to bottom on a fresh kernel; return the seconds taken.
@@ -56,9 +76,10 @@ def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, pr
     start = time.perf_counter()
     with atomic_output(output or path, suffix=".ipynb") as tmp:  # papermill reads the format from the suffix
         injected = {**({} if profile == "auto" else {"PROFILE": profile}), **(parameters or {})}
-        papermill.execute_notebook(str(path), str(tmp), parameters=injected,
-                                   kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
-                                   execution_timeout=600, start_timeout=120)
+        with _output_widgets_that_do_not_write_back():
+            papermill.execute_notebook(str(path), str(tmp), parameters=injected,
+                                       kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
+                                       execution_timeout=600, start_timeout=120)
         seconds = time.perf_counter() - start
         nbformat.write(clean(nbformat.read(tmp, as_version=4)), tmp)
     return seconds

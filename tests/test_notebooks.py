@@ -84,3 +84,22 @@ def test_a_failing_run_leaves_the_previous_notebook_and_no_temporary_file(tmp_pa
         execute(tmp_path / "broken.ipynb", tmp_path / "out.ipynb")
     assert (tmp_path / "out.ipynb").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.ipynb", "out.ipynb"]
+
+
+def test_a_widget_cell_sends_nothing_to_the_kernel_while_it_runs(tmp_path, monkeypatch):
+    # A message sent on the shell socket while a cell's reply is awaited there can stall the run
+    # until the cell's timeout (see adcourse.notebooks): during a run only requests may go out.
+    from jupyter_client.channels import ZMQSocketChannel
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    sent, send = [], ZMQSocketChannel.send
+    monkeypatch.setattr(ZMQSocketChannel, "send", lambda self, msg: (sent.append(msg["msg_type"]), send(self, msg))[1])
+    notebook = new_notebook(cells=[new_code_cell(
+        "import ipywidgets as widgets\n"
+        "widgets.interact(lambda threshold=0.3: print(f'threshold {threshold:.2f}'),\n"
+        "                 threshold=widgets.FloatSlider(value=0.3, min=0, max=1))")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "widget.ipynb")
+    execute(tmp_path / "widget.ipynb", tmp_path / "out.ipynb")
+    assert "execute_request" in sent
+    assert all(t.endswith("_request") for t in sent), sent
