@@ -60,6 +60,21 @@ class Detector:
     trains: bool = True
     device: torch.device = torch.device("cpu")
 
+    PROFILES: dict = {}
+    strict_settings: bool = False  # True: an override that no profile knows is an error
+
+    def __init__(self, device=None, **overrides):
+        """``device``: where to train and score (default: CUDA when there is one, see
+        :func:`adcourse.train.pick_device`); ``overrides``: settings that replace the profile's."""
+        from .train import pick_device
+
+        if self.strict_settings:
+            unknown = set(overrides) - set(self.PROFILES["quick"])
+            if unknown:
+                raise ValueError(f"unknown {self.name} settings {sorted(unknown)}; known: {sorted(self.PROFILES['quick'])}")
+        self.device = pick_device(device)
+        self.overrides = overrides
+
     def fit(self, train_dataset, profile: str = "quick") -> "Detector":
         raise NotImplementedError
 
@@ -67,20 +82,11 @@ class Detector:
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    PROFILES: dict = {}
-    overrides: dict = {}
-    strict_settings: bool = False  # True: an override that no profile knows is an error
-
     def profile_settings(self, profile: str) -> dict:
         """The settings of ``profile`` (quick/full/auto, see :func:`adcourse.train.resolve_profile`)
         with the constructor's overrides on top; kept as ``self.settings``."""
         from .train import resolve_profile
 
-        if self.strict_settings:
-            known = set(self.PROFILES["quick"])
-            unknown = set(self.overrides) - known
-            if unknown:
-                raise ValueError(f"unknown {self.name} settings {sorted(unknown)}; known: {sorted(known)}")
         self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
         return self.settings
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from adcourse import detectors
+from adcourse import bench, detectors
 from adcourse.data import TextureDefects
 from adcourse.models import capsules
-from adcourse.models.pyramidal import (PIADE, PIADEDetector, PyramidalAE, PyramidalAEDetector, PyramidPooling,
+from adcourse.models.pyramidal import (PIADE, GridAveragePool, PIADEDetector, PyramidalAE, PyramidalAEDetector, PyramidPooling,
                                        SEBlock, SEResNet, VGG11Features, backbone_plan, piade_loss)
 
 OFFLINE = dict(pretrained=False, download=False)   # never download in tests
@@ -75,6 +75,12 @@ def test_pyramid_level_is_average_pool_then_1x1_conv():
     bn = pool.levels[0][2]
     expected = (conv - bn.running_mean[None, :, None, None]) / torch.sqrt(bn.running_var + bn.eps)[None, :, None, None]
     torch.testing.assert_close(pool(x)[0], expected * bn.weight[None, :, None, None] + bn.bias[None, :, None, None])
+
+
+@pytest.mark.parametrize("size,bins", [(8, 3), (8, 6), (8, 4), (7, 3), (4, 6), (5, 1)])
+def test_grid_average_pool_is_adaptive_average_pooling(size, bins):
+    x = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(GridAveragePool(size, bins)(x), torch.nn.AdaptiveAvgPool2d(bins)(x))
 
 
 # -- PIADE: routing and the vector decoded ------------------------------------------------------
@@ -165,3 +171,16 @@ def test_detectors_fit_predict_on_tiny_data(name, cls):
     assert scores.shape == (8,) and maps.shape == (8, 16, 16)
     assert np.all(np.isfinite(scores)) and np.all(np.isfinite(maps))
     assert detector.model() is detector.network
+
+
+@pytest.mark.parametrize("name", ["pyramidal_ae", "piade"])
+def test_exported_graph_computes_what_the_network_computes_and_exports(name):
+    train = TextureDefects("brick", "train", patch_size=32, n=8)
+    detector = detectors.create(name, device="cpu", epochs=1, batch_size=8, pool_channels=8, decoder_width=16,
+                                pretrained=False, download=False).fit(train)
+    graph, example = detector.export_graph(train.images[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(graph.eval()(example)["reconstruction"],
+                                   detector.network.eval()(example)["reconstruction"])
+    size, why = bench.onnx_size_mb(graph, example[:1])
+    assert why is None and size > 0

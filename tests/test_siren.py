@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcourse import detectors, losses
+from adcourse import bench, detectors, losses
 from adcourse.data import OneClassDigits, TextureDefects
 from adcourse.losses import (VGGFeatures, cosine_distance, gram_matrix, perceptual_loss, style_loss,
                              triplet_loss)
@@ -288,7 +288,7 @@ def test_sliding_centre_covers_every_pixel():
 def test_siren_inpaint_is_registered():
     assert "siren_inpaint" in detectors.available()
     assert isinstance(detectors.create("siren_inpaint"), SirenInpaintDetector)
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match="unknown siren_inpaint settings"):
         SirenInpaintDetector(epoch=3)
 
 
@@ -308,6 +308,14 @@ def test_detector_fit_predict_on_textures():
     det.score = "discriminator"
     d_scores, _ = det.predict(test.images)
     assert d_scores.shape == (6,) and (d_scores >= 0).all() and (d_scores <= 2).all()
+
+
+def test_the_inpainter_exports_to_onnx():
+    train = TextureDefects("brick", "train", n=8)
+    det = detectors.create("siren_inpaint", device="cpu", **TINY).fit(train, "quick")
+    size, why = bench.onnx_size_mb(*det.export_graph(train.images[:1]))
+    assert why is None  # the weights are in it, with the constant coordinate grid beside them
+    assert size > 4 * sum(p.numel() for p in det.network.parameters()) / 2 ** 20
 
 
 def test_detector_joint_training_with_perceptual_and_style_on_digits():

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_loss, ssim_map
-from ..train import batch_to, fit, pick_device
+from ..train import batch_to, fit
 
 
 def down_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -66,8 +66,7 @@ class AutoencoderDetector(Detector):
             raise ValueError(f"loss must be 'l2' or 'ssim', got {loss!r}")
         self.loss, self.latent_dim, self.smoothing = loss, latent_dim, smoothing
         self.name = f"ae_{loss}"
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: list[float] = []
 
     def fit(self, train_dataset, profile: str = "quick") -> "AutoencoderDetector":

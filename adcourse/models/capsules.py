@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from ..detectors import Detector, register, smooth_maps
-from ..train import batch_to, fit, pick_device
+from ..train import batch_to, fit
 
 NORMAL, ANOMALY = 0, 1  # index of each output capsule
 _HALF = (torch.float16, torch.bfloat16)
@@ -244,8 +244,7 @@ class CapsNetDetector(Detector):
         self.routing_iterations, self.recon_weight = routing_iterations, recon_weight
         self.calibration_fraction, self.calibration_quantile = calibration_fraction, calibration_quantile
         self.smoothing, self.seed = smoothing, seed
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: list[float] = []
         self.threshold: float | None = None
         self.calibration_details: dict | None = None  # lengths, recon_error, score of the held-out normals

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from .. import corruption as _corruption
 from ..detectors import Detector, register, smooth_maps
-from ..train import fit, pick_device
+from ..train import fit
 
 # Training corruptions by name; ``none`` trains a plain (identity) autoencoder.
 CORRUPTIONS: dict[str, Callable | None] = {
@@ -324,8 +324,7 @@ class CorruptionAEDetector(Detector):
         self.smoothing, self.image_score, self.seed = smoothing, image_score, seed
         label = corruption if isinstance(corruption, str) else getattr(corruption, "__name__", "custom")
         self.name = f"{arch}_{'clean' if label == 'none' else label}" + ("_mcd" if scoring == "mcd" else "")
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: list[float] = []
         self.gaussian: GaussianActivationScorer | None = None
 

@@ -729,8 +729,7 @@ class FAnoGANDetector(Detector):
 
     def __init__(self, kappa: float = 1.0, device=None, **overrides):
         self.kappa = kappa
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "FAnoGANDetector":
@@ -809,8 +808,7 @@ class FCBiGANDetector(Detector):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         self.aggregation, self.alpha = aggregation, alpha
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "FCBiGANDetector":

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from ..backbones import ResNet18Features
 from ..detectors import Detector, register, smooth_maps
-from ..train import pick_device
 
 
 def gaussian_per_position(features: torch.Tensor, epsilon: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +61,8 @@ class PaDiMDetector(Detector):
                 "full": dict(d=100, epsilon=0.01, smoothing=4.0, pretrained=True, download=True)}
 
     def __init__(self, device=None, seed: int = 0, **overrides):
-        self.device = pick_device(device)
-        self.seed, self.overrides = seed, overrides
+        super().__init__(device, **overrides)
+        self.seed = seed
 
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """N×C×H×W images -> N×d×(H/4)×(W/4): three stages at the first stage's resolution."""

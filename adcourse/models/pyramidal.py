@@ -20,6 +20,7 @@ The pieces, written so that the chapter can check each against its own written-o
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from ..backbones import ImageNetInput, ResNet18Features, load_imagenet_state
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_map
-from ..train import batch_to, fit, pick_device, resolve_profile
+from ..train import batch_to, fit, resolve_profile
 from .capsules import dynamic_routing
 
 STAGE_CHANNELS = {"stem": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
@@ -127,6 +128,24 @@ class PyramidPooling(nn.Module):
     @property
     def n_values(self) -> int:
         return self.out_channels * sum(k * k for k in self.bins)
+
+
+class GridAveragePool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(bins)`` on square ``size``×``size`` maps written as P·X·Pᵀ, where row i of P
+    averages the cells ⌊i·size/bins⌋ … ⌈(i+1)·size/bins⌉ − 1, PyTorch's regions (they overlap when
+    ``bins`` does not divide ``size``). The same numbers, in a form the TorchScript-based ONNX exporter
+    can trace: it refuses adaptive pooling to a grid that does not divide the map (3 and 6 of 8)."""
+
+    def __init__(self, size: int, bins: int):
+        super().__init__()
+        matrix = torch.zeros(bins, size)
+        for i in range(bins):
+            start, stop = (i * size) // bins, -(-(i + 1) * size // bins)
+            matrix[i, start:stop] = 1.0 / (stop - start)
+        self.register_buffer("matrix", matrix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ x @ self.matrix.T
 
 
 # --- decoder shared by both models ---------------------------------------------------------------
@@ -330,8 +349,7 @@ class _PyramidalDetector(Detector):
         # ImageNet weights are downloaded by the full profile only (unless asked): a quick run or a
         # test uses them when they are cached and never reaches for the network.
         self.pretrained, self._download = pretrained, download
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: list[float] = []
 
     def build(self, channels: int, size: int, settings: dict) -> nn.Module:
@@ -356,6 +374,13 @@ class _PyramidalDetector(Detector):
         self.history = fit(self.network, loader, loss_fn, epochs=settings["epochs"], optimizer=optimizer,
                            device=self.device, desc=self.name)
         return self
+
+    def export_graph(self, images: torch.Tensor):
+        """A copy of the network whose pyramid pooling is :class:`GridAveragePool` (exportable)."""
+        network = copy.deepcopy(self.network)
+        for level in network.pyramid.levels:
+            level[0] = GridAveragePool(network.h, level[0].output_size).to(self.device)
+        return network, images
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor, batch_size: int = 128) -> dict:

@@ -26,7 +26,6 @@ from torch import nn
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import VGGFeatures, cosine_distance, perceptual_loss, style_loss, triplet_loss
-from ..train import pick_device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +206,7 @@ def fit_image(model: nn.Module, image: torch.Tensor, steps: int, lr: float = 1e-
 
 def hole_bounds(size: int, fraction: float) -> tuple[int, int]:
     """[start, stop) of the central ``fraction`` of a side, rounded as ``corruption.center_crop``."""
-    hole = int(round(size * fraction))
+    hole = int(round(int(size) * fraction))  # int(): during ONNX tracing a side can be a tensor
     start = (size - hole) // 2
     return start, start + hole
 
@@ -425,6 +424,8 @@ class SirenInpaintDetector(Detector):
     between the discriminator's embeddings of a window and of its painted version.
     """
 
+    name = "siren_inpaint"
+    strict_settings = True
     # quick: well under a minute on a 2-core CPU. full: the thesis' network sizes and losses, for a GPU
     # (an estimated 3–5 minutes on one H100 for 2048 patches; not yet measured).
     PROFILES = {
@@ -447,14 +448,9 @@ class SirenInpaintDetector(Detector):
             raise ValueError(f"score must be 'residual' or 'discriminator', got {score!r}")
         if image_score not in ("max", "mean"):
             raise ValueError(f"image_score must be 'max' or 'mean', got {image_score!r}")
-        unknown = set(overrides) - set(self.PROFILES["quick"])
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(self.PROFILES['quick'])}")
         self.hole_fraction, self.crop, self.overlap = hole_fraction, crop, overlap
         self.smoothing, self.image_score, self.score, self.stride = smoothing, image_score, score, stride
-        self.name = "siren_inpaint"
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: dict[str, list[float]] = {"generator": [], "discriminator": []}
         self.discriminator: TripletDiscriminator | None = None
 

@@ -368,8 +368,7 @@ class VAEDetector(Detector):
 
     def __init__(self, latent_dim: int = 64, width: int = 16, smoothing: float = 2.0, device=None, **overrides):
         self.latent_dim, self.width, self.smoothing = latent_dim, width, smoothing
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick") -> "VAEDetector":
@@ -422,8 +421,7 @@ class CAVGADetector(Detector):
             raise ValueError(f"map_kind must be 'attention', 'residual' or 'score_cam', got {map_kind!r}")
         self.latent_channels, self.width, self.depth = latent_channels, width, depth
         self.smoothing, self.map_kind, self.top_fraction, self.adversarial = smoothing, map_kind, top_fraction, adversarial
-        self.device = pick_device(device)
-        self.overrides = overrides
+        super().__init__(device, **overrides)
         self.history: dict = {}
 
     def fit(self, train_dataset, profile: str = "quick", monitor=None) -> "CAVGADetector":

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from ..detectors import Detector, register, smooth_maps
 from ..losses import mixture_nll, ssim_loss, ssim_map
-from ..train import batch_to, fit, pick_device
+from ..train import batch_to, fit
 
 CONDITIONS = ("position", "none", "vector")
 MDN_LOSSES = ("mixture", "weighted_components")
@@ -487,6 +487,7 @@ class VTADLDetector(Detector):
     Any model argument of :class:`VTADL` and any training setting of ``PROFILES`` can be overridden.
     """
 
+    name = "vtadl"
     strict_settings = True
     MODEL_KEYS = ("patch_size", "dim", "depth", "heads", "mlp_dim", "recon_dim", "n_components", "condition",
                   "noise_std", "mdn_loss", "mdn_hidden", "decoder_width", "detach_mdn")
@@ -508,9 +509,7 @@ class VTADLDetector(Detector):
     }
 
     def __init__(self, device=None, **overrides):
-        self.device = pick_device(device)
-        self.overrides = overrides
-        self.name = "vtadl"
+        super().__init__(device, **overrides)
         self.history: list[float] = []
         self.score_scale: dict | None = None
         self.refit_history: list[float] = []
