@@ -129,6 +129,12 @@ class PyramidPooling(nn.Module):
     def n_values(self) -> int:
         return self.out_channels * sum(k * k for k in self.bins)
 
+    def pool_with_matrices(self, size: int) -> None:
+        """Swap each level's adaptive pooling of ``size``×``size`` maps for :class:`GridAveragePool`
+        (the same numbers), so that the TorchScript-based ONNX exporter can trace every level."""
+        for level, k in zip(self.levels, self.bins):
+            level[0] = GridAveragePool(size, k).to(level[1].weight.device)
+
 
 class GridAveragePool(nn.Module):
     """``nn.AdaptiveAvgPool2d(bins)`` on square ``size``×``size`` maps written as P·X·Pᵀ, where row i of P
@@ -378,8 +384,7 @@ class _PyramidalDetector(Detector):
     def export_graph(self, images: torch.Tensor):
         """A copy of the network whose pyramid pooling is :class:`GridAveragePool` (exportable)."""
         network = copy.deepcopy(self.network)
-        for level in network.pyramid.levels:
-            level[0] = GridAveragePool(network.h, level[0].output_size).to(self.device)
+        network.pyramid.pool_with_matrices(network.h)
         return network, images
 
     @torch.no_grad()
