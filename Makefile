@@ -1,13 +1,29 @@
 # Two jobs, each bootstrapping .venv from requirements.txt when it is missing or stale:
-#   make book   execute every chapter notebook (quick profile) and build the HTML book
+#   make book   execute every chapter notebook (always the quick profile) and build the HTML book
 #   make test   the whole test suite: unit tests, notebook runs, nbval, book build, browser test
+# For students and instructors (README.md, "Other commands"):
+#   make lab                 open the chapters in JupyterLab, run from .venv
+#   make student             the notebooks without solutions, in student/
+#   make html-nosolutions    the book without solutions, in _build/nosolutions
+#   make notebooks PROFILE=full   a full run of every chapter, written to artifacts/full/ (never in place)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test venv browser notebooks html html-nosolutions student clean
+# Only the command line changes these (make reads no PROFILE from the environment).
+PROFILE := quick
+FULL_OUTPUT := artifacts/full
+NOTEBOOK_RUN_quick := --profile quick
+NOTEBOOK_RUN_full := --profile full --output-dir $(FULL_OUTPUT)
+# `make lab LAB_FOLDER=student` opens the student version; LAB_OPTIONS go to jupyter lab as they are.
+LAB_FOLDER := notebooks
+LAB_OPTIONS :=
+# Jupyter refuses to start as root (a container, CI) unless told to.
+LAB_ROOT_OPTION := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+.PHONY: book test venv lab browser notebooks html html-nosolutions student clean
 
 venv: $(STAMP)
 
@@ -20,8 +36,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (adcourse)" >/dev/null
 	touch $(STAMP)
 
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab $(LAB_ROOT_OPTION) $(LAB_OPTIONS) $(LAB_FOLDER)
+
+# Quick: in place (the committed outputs). Full: executed copies in $(FULL_OUTPUT), results through
+# adcourse.results (in $$ADCOURSE_RESULTS, or ~/adcourse_results); the executor refuses a full run in place.
 notebooks: $(STAMP)
-	$(PY) -m adcourse.notebooks execute notebooks/[0-9]*.ipynb
+	$(if $(NOTEBOOK_RUN_$(PROFILE)),,$(error PROFILE must be quick or full, got '$(PROFILE)'))
+	$(PY) -m adcourse.notebooks execute $(NOTEBOOK_RUN_$(PROFILE)) notebooks/[0-9]*.ipynb
 
 # --all: an incremental build would not report the warnings of unchanged pages again.
 html: $(STAMP)
@@ -30,6 +52,8 @@ html: $(STAMP)
 html-nosolutions: $(STAMP)
 	ADCOURSE_HIDE_SOLUTIONS=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going --path-output _build/nosolutions
 
+# The book always shows a quick run, whatever PROFILE the command line gives.
+book: override PROFILE := quick
 book: notebooks html
 
 student: $(STAMP)

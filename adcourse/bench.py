@@ -1,12 +1,45 @@
 """The benchmark: every method trained and evaluated on the same data, in one table.
 
-    python -m adcourse.bench --methods ae_l2,ae_ssim --data textures:brick --profile quick --out results.json
+    python -m adcourse.bench --methods ae_l2,ae_ssim --data textures:brick --profile quick --seeds 0,1,2 --out results.json
 
 ``--data`` names a dataset and its part: ``textures:brick``, ``digits:3`` (normal class 3),
-``mvtec:bottle``, ``btad:01``, ``mnist:0``, ``fashionmnist:0``, ``kmnist:0``, ``cifar10:0``.
-Results are written after every method (JSON, plus a Markdown table beside it), so a run that is
-interrupted resumes from the methods already finished when started again with the same
-``--out``, ``--data``, ``--profile`` and ``--seed``.
+``mvtec:bottle``, ``btad:01``, ``mnist:0``, ``fashionmnist:0``, ``kmnist:0``, ``cifar10:0``, or
+``folder:<path>``, a folder of one's own in MVTec AD's layout (``train/good``, ``test/good``,
+``test/<defect>``, optional masks in ``ground_truth/<defect>/<stem>_mask.png``; see
+:class:`adcourse.data.MVTecLayoutFolder`). ``--seeds 0,1,2`` runs every method once per seed, the
+data drawn with that seed too (``--seed 3`` is the same as ``--seeds 3``; the default is seed 0).
+
+``--out results.json`` is written after every finished (method, seed), with a Markdown table beside
+it (``results.md``: mean ± standard deviation over the seeds, then image AUROC per defect type).
+Started again with the same ``--out``, a run keeps every finished (method, seed) and runs only the
+rest: an interrupted run resumes, and another ``--methods`` list adds its methods to the file. A
+file made with other ``--data``, ``--profile`` or seeds is refused, never overwritten, and so is a
+file that is not such a results file. The JSON::
+
+    {"data": "textures:brick", "profile": "quick", "seeds": [0, 1, 2],
+     "device": ..., "torch": ..., "command": ...,       # of the latest run (each row has its own device)
+     "date": ..., "wall_seconds": ...,                  # the latest write; the seconds of every row together
+     "results": {
+       "ae_l2": {
+         "image_auroc": 0.91, "image_aupr": ..., "best_tpr": ..., "best_tnr": ...,
+         "pixel_auroc": ..., "aupro": ...,               # mean over the seeds; None: not measured
+         "per_defect": {"perlin": 0.62, "scratch": 0.97, ...},
+                                                         # image AUROC of each defect type against every
+                                                         # normal test image, mean (absent for digits)
+         "std": {"image_auroc": 0.01, ..., "per_defect": {...}},
+                                                         # sample standard deviation over the seeds
+                                                         # (None with a single seed)
+         "parameters": ..., "train_seconds": ..., "cpu_ms_per_image": ..., "gpu_ms_per_image": ...,
+         "gpu_fp16_ms_per_image": ..., "peak_memory_mb": ..., "onnx_mb": ..., "wall_seconds": ...,
+                                                         # cost, mean over the seeds
+         "backbone": "...",                              # the pretrained network that ran; None: none
+         "supervised": false, "supervision": "normal images",
+         "seeds": {"0": {...}, "1": {...}, "2": {...}}   # each seed's own row: the figures above and its device
+       },
+       "capsnet": {"skipped": "why", "supervised": true}
+     }}
+
+A method whose seeds are not all finished holds only ``seeds`` until they are.
 """
 from __future__ import annotations
 
@@ -14,6 +47,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import difflib
 import gc
 import json
 import os
@@ -23,6 +57,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +65,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import detectors, metrics
-from .data import (BTAD, MVTecAD, OneClassDigits, TextureDefects, TorchvisionOneClass, TORCHVISION_SETS,
-                   DatasetError)
+from .data import (BTAD, MVTecAD, MVTecLayoutFolder, OneClassDigits, TextureDefects, TorchvisionOneClass,
+                   TORCHVISION_SETS, DatasetError)
 from .train import count_parameters, pick_device, resolve_profile, seed_everything, write_text_atomic
 
 # Built-in data sizes per profile: quick keeps a 2-core CPU busy for about a minute per method.
@@ -42,6 +77,9 @@ REAL_IMAGE_SIZE = {"quick": 128, "full": 256}
 # Share of labelled anomalies in the training set of supervised methods (the capsule chapter's 10 %).
 SUPERVISED_ANOMALY_FRACTION = 0.1
 
+# Data whose images do not depend on the seed: loaded once for every seed of a run.
+UNSEEDED_KINDS = ("mvtec", "btad", "folder")
+
 
 def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction: float = 0.0):
     """``(train_dataset, test_dataset)`` for a ``kind:part`` spec such as ``textures:brick``.
@@ -49,10 +87,13 @@ def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction
     ``anomaly_fraction`` > 0 mixes labelled anomalies into the training set (for supervised
     methods); only the digit sets support it, others raise ``ValueError``.
     """
+    if not isinstance(spec, str):
+        raise ValueError(f"--data must be a 'kind:part' string such as textures:brick, got {spec!r}")
     kind, _, part = spec.partition(":")
     kind = kind.lower()
     if not part:
-        raise ValueError(f"--data {spec!r} needs a part after a colon, e.g. textures:brick, digits:3, mvtec:bottle")
+        raise ValueError(f"--data {spec!r} needs a part after a colon, e.g. textures:brick, digits:3, mvtec:bottle, "
+                         "folder:path/to/images")
     profile = resolve_profile(profile)
     if anomaly_fraction and kind != "digits":
         raise ValueError(f"--data {spec!r} has no labelled anomalies for training; supervised methods run on digits:<class>")
@@ -63,19 +104,20 @@ def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction
     if kind == "digits":
         return (OneClassDigits(_class_index(spec, part), "train", anomaly_fraction, image_size=32, seed=seed),
                 OneClassDigits(_class_index(spec, part), "test", image_size=32, seed=seed))
+    size = REAL_IMAGE_SIZE[profile]
     if kind == "mvtec":
-        size = REAL_IMAGE_SIZE[profile]
         return MVTecAD(None, part, "train", image_size=size), MVTecAD(None, part, "test", image_size=size)
     if kind == "btad":
-        size = REAL_IMAGE_SIZE[profile]
         return BTAD(None, part, "train", image_size=size), BTAD(None, part, "test", image_size=size)
+    if kind == "folder":
+        return MVTecLayoutFolder(part, "train", image_size=size), MVTecLayoutFolder(part, "test", image_size=size)
     names = {name.lower(): name for name in TORCHVISION_SETS}
     if kind in names:
         size = 32  # even sides for the convolutional models; MNIST's 28 is up-sampled
         return tuple(TorchvisionOneClass(names[kind], None, _class_index(spec, part), split, image_size=size, seed=seed)
                      for split in ("train", "test"))
     raise ValueError(f"unknown dataset kind {kind!r} in --data {spec!r}; use one of "
-                     f"textures, digits, mvtec, btad, {', '.join(names)}")
+                     f"textures, digits, mvtec, btad, folder, {', '.join(names)}")
 
 
 def _class_index(spec: str, part: str) -> int:
@@ -91,6 +133,26 @@ def stack(dataset) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     labels = np.array([item["label"] for item in items])
     masks = torch.stack([item["mask"] for item in items])[:, 0].numpy()
     return images, labels, masks
+
+
+def defect_types(dataset) -> np.ndarray | None:
+    """Every test image's defect type (``"good"`` for normal ones), or None for a set without types."""
+    types = getattr(dataset, "defect_types", None)
+    return None if types is None else np.asarray(types, dtype=str)
+
+
+def check_seeds(seed) -> list[int]:
+    """One seed or several as a sorted list of distinct ints of at least 0."""
+    seeds = [seed] if _is_int(seed) else list(seed) if isinstance(seed, Sequence) and not isinstance(seed, str) else None
+    if not seeds or not all(_is_int(s) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be whole numbers of at least 0, such as 0 or [0, 1, 2]; got {seed!r}")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds {list(seeds)} name a seed twice: give each once")
+    return sorted(int(s) for s in seeds)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _return_freed_memory_to_the_system() -> None:
@@ -200,8 +262,10 @@ def onnx_size_mb(module: torch.nn.Module | None, example: torch.Tensor) -> tuple
         return path.stat().st_size / 2 ** 20, None
 
 
-def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict:
-    """Every metric of chapter 1; pixel metrics only where the test set has defect masks."""
+def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray, defects=None) -> dict:
+    """Every metric of chapter 1; pixel metrics only where the test set has defect masks. With
+    ``defects`` (each image's defect type, ``"good"`` for normal ones), also ``per_defect``: the image
+    AUROC of each defect type's anomalies against every normal image."""
     best = metrics.best_tpr_tnr(labels, scores)
     result = {"image_auroc": metrics.image_auroc(labels, scores), "image_aupr": metrics.image_aupr(labels, scores),
               "best_tpr": best["tpr"], "best_tnr": best["tnr"], "pixel_auroc": None, "aupro": None}
@@ -210,6 +274,14 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np
             raise ValueError(f"anomaly maps of shape {maps.shape} do not match the masks {masks.shape}")
         result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
         result["aupro"] = metrics.aupro(masks, maps)
+    if defects is not None:
+        labels, scores, defects = np.asarray(labels), np.asarray(scores), np.asarray(defects)
+        if len(defects) != len(labels):
+            raise ValueError(f"{len(defects)} defect types for {len(labels)} test images")
+        normal = labels == 0
+        result["per_defect"] = {str(kind): metrics.image_auroc(labels[normal | (defects == kind)],
+                                                               scores[normal | (defects == kind)])
+                                for kind in sorted(set(defects[labels == 1]))}
     return result
 
 
@@ -217,13 +289,15 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np
 CPU_LATENCY_IMAGES = 32
 
 
-def run_method(name: str, train, test_batch, profile: str, seed: int, device=None) -> dict:
-    """Train one method, score the test set and evaluate; then time it where it can run (CPU,
-    and on a GPU in fp32 and fp16) and export its network to ONNX."""
+def run_method(name: str, train, test_batch, profile: str, seed: int, device=None, defects=None,
+               overrides: dict | None = None) -> dict:
+    """Train one method (with ``overrides`` of its settings), score the test set and evaluate (per
+    defect type too, given ``defects``); then time it where it can run (CPU, and on a GPU in fp32
+    and fp16) and export its network to ONNX."""
     images, labels, masks = test_batch
     seed_everything(seed)
     dev = pick_device(device)
-    detector = detectors.create(name, device=dev)
+    detector = detectors.create(name, device=dev, **(overrides or {}))
     with PeakMemory(dev) as peak:
         start = time.perf_counter()
         detector.fit(train, profile=profile)
@@ -233,16 +307,24 @@ def run_method(name: str, train, test_batch, profile: str, seed: int, device=Non
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         inference_ms = 1000 * (time.perf_counter() - start) / len(images)
+    try:
+        quality = evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps), defects)
+    except ValueError as error:
+        raise ValueError(f"{name}, seed {seed}: {error}") from error
     row = {
-        **evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps)),
+        **quality,
         "parameters": count_parameters(detector.model()) if detector.model() is not None else 0,
         "train_seconds": train_seconds,
         "inference_ms_per_image": inference_ms,
         "cpu_ms_per_image": None, "gpu_ms_per_image": None, "gpu_fp16_ms_per_image": None,
         "peak_memory_mb": peak.mb,
+        "backbone": getattr(detector, "backbone_name", None),
         "supervised": detector.supervised,
         "supervision": detector.supervision,
+        "device": describe_device(dev),
     }
+    if overrides:
+        row["overrides"] = dict(overrides)
     if dev.type == "cuda":
         row["gpu_ms_per_image"] = inference_ms
         row["gpu_fp16_ms_per_image"] = _guarded(lambda: latency_ms(detector, images, half=True), row, "gpu_fp16")
@@ -265,23 +347,86 @@ def _guarded(measure, row: dict, what: str):
         return None
 
 
-COLUMNS = [("image_auroc", "image AUROC", ".3f"), ("image_aupr", "AUPR", ".3f"), ("best_tpr", "best TPR", ".3f"),
-           ("best_tnr", "best TNR", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"), ("aupro", "AUPRO", ".3f"),
-           ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
+QUALITY = ("image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro")
+COST = ("parameters", "train_seconds", "inference_ms_per_image", "cpu_ms_per_image", "gpu_ms_per_image",
+        "gpu_fp16_ms_per_image", "peak_memory_mb", "onnx_mb", "wall_seconds")
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation; None where a run did not measure it, std None for one run."""
+    if not values or any(value is None for value in values):
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def summarize(rows: dict[str, dict]) -> dict:
+    """A method's entry from its rows per seed (``{"0": row, ...}``): the mean of every figure, the
+    standard deviation of the quality figures (``std``), what the method is, and the rows themselves."""
+    runs = list(rows.values())
+    entry, spread = {}, {}
+    for key in QUALITY:
+        entry[key], spread[key] = _mean_std([run.get(key) for run in runs])
+    if any("per_defect" in run for run in runs):
+        kinds = sorted(set().union(*(run.get("per_defect", {}) for run in runs)))
+        pairs = {kind: _mean_std([run.get("per_defect", {}).get(kind) for run in runs]) for kind in kinds}
+        entry["per_defect"] = {kind: mean for kind, (mean, _) in pairs.items()}
+        spread["per_defect"] = {kind: deviation for kind, (_, deviation) in pairs.items()}
+    entry["std"] = spread
+    for key in COST:
+        entry[key] = _mean_std([run.get(key) for run in runs])[0]
+    if entry["parameters"] is not None:
+        entry["parameters"] = round(entry["parameters"])
+    backbones = sorted({str(run["backbone"]) for run in runs if run.get("backbone") is not None})
+    entry["backbone"] = " / ".join(backbones) if backbones else None
+    entry.update({key: runs[0][key] for key in ("supervised", "supervision") if key in runs[0]})
+    entry.update({key: value for key, value in runs[0].items() if key.endswith("_error") or key == "overrides"})
+    entry["seeds"] = rows
+    return entry
+
+
+COLUMNS = [("backbone", "backbone", ""), ("image_auroc", "image AUROC", ".3f"), ("image_aupr", "AUPR", ".3f"),
+           ("best_tpr", "best TPR", ".3f"), ("best_tnr", "best TNR", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
+           ("aupro", "AUPRO", ".3f"), ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
            ("cpu_ms_per_image", "CPU ms / image", ".2f"), ("gpu_ms_per_image", "GPU ms / image", ".2f"),
            ("gpu_fp16_ms_per_image", "GPU fp16 ms / image", ".2f"), ("peak_memory_mb", "peak MB", ".0f"),
            ("onnx_mb", "ONNX MB", ".1f"), ("supervision", "needs", "")]
 
 
+def _cell(value, deviation, fmt: str) -> str:
+    if value is None:
+        return "—"
+    return format(value, fmt) + ("" if deviation is None else f" ± {format(deviation, fmt)}")
+
+
+def _unfinished(row: dict) -> bool:
+    """An entry whose seeds are not all done yet holds only its rows per seed."""
+    return "skipped" not in row and "image_auroc" not in row
+
+
 def markdown_table(report: dict) -> str:
+    """The results as Markdown: one row per method (quality figures as mean ± standard deviation over
+    the seeds), then the image AUROC per defect type where the test set has types."""
     header = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     for name, row in report["results"].items():
         if "skipped" in row:
             lines.append(f"| {name} | skipped: {row['skipped']} |")
-            continue
-        cells = ["—" if row.get(key) is None else format(row[key], fmt) for key, _, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        elif _unfinished(row):
+            lines.append(f"| {name} | unfinished: {len(row.get('seeds', {}))} of {len(report.get('seeds', []))} seeds "
+                         "done; run the same command again to finish |")
+        else:
+            spread = row.get("std", {})
+            lines.append(f"| {name} | " + " | ".join(_cell(row.get(key), spread.get(key), fmt)
+                                                    for key, _, fmt in COLUMNS) + " |")
+    typed = {name: row for name, row in report["results"].items() if row.get("per_defect")}
+    if typed:
+        kinds = sorted(set().union(*(row["per_defect"] for row in typed.values())))
+        lines += ["", "Image AUROC per defect type (each type's anomalies against every normal test image):", "",
+                  "| method | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
+        for name, row in typed.items():
+            spread = row.get("std", {}).get("per_defect", {})
+            lines.append(f"| {name} | " + " | ".join(_cell(row["per_defect"].get(kind), spread.get(kind), ".3f")
+                                                    for kind in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -299,62 +444,219 @@ def describe_device(device: torch.device) -> str:
     return f"{device.type} ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def run(methods: list[str], data: str, profile: str = "quick", seed: int = 0, out: str | os.PathLike | None = None,
-        device=None, progress: bool = True, command: str | None = None) -> dict:
-    """Run the benchmark; with ``out``, resume from and save to that JSON file after every method."""
+def check_methods(methods) -> list[str]:
+    """Registered method names, each once, in the order given (``"all"``: every one); a clear error
+    for anything else."""
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, Sequence) or not all(isinstance(name, str) for name in methods):
+        raise ValueError(f"methods must be a list of method names, got {methods!r}")
+    methods = list(dict.fromkeys(name.strip() for name in methods if name.strip()))
+    known = detectors.available()
+    if methods == ["all"]:
+        return known
+    if not methods:
+        raise ValueError(f"no method given; name one or more, comma-separated, or 'all': {', '.join(known)}")
+    unknown = [name for name in methods if name not in known]
+    if unknown:
+        closest = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        hints = [f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") for name, close in closest.items()]
+        raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                         f"registered methods: {', '.join(known)}")
+    return methods
+
+
+def check_overrides(overrides, methods: list[str]) -> dict[str, dict]:
+    """``{method: {setting: value}}`` for methods of this run, each accepted by the method itself."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict) or not all(isinstance(value, dict) for value in overrides.values()):
+        raise ValueError(f"overrides must map method names to settings, such as {{'ae_l2': {{'epochs': 1}}}}; "
+                         f"got {overrides!r}")
+    for name, settings in overrides.items():
+        if name not in methods:
+            raise ValueError(f"overrides name {name!r}, which this run does not include (methods: {', '.join(methods)})")
+        try:
+            detectors.create(name, device="cpu", **settings)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"overrides for {name}: {error}") from error
+    return {name: dict(settings) for name, settings in overrides.items() if settings}
+
+
+def check_device(device) -> None:
+    """``device`` (None: the best available) must name a device this machine has."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"--device {device!r} is not a device: use cuda, mps or cpu") from error
+    mps = getattr(torch.backends, "mps", None)
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or \
+            (dev.type == "mps" and not (mps is not None and mps.is_available())):
+        raise ValueError(f"--device {device}: this machine has no {dev.type.upper()} device; use cpu")
+
+
+def check_out(out) -> Path | None:
+    """``--out`` as a Path: a JSON file name, not a folder, not the ``.md`` table's own name."""
+    if out is None:
+        return None
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise ValueError(f"--out must be a file name such as results.json, got {out!r}")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name for the results, such as {out / 'results.json'}")
+    if out.suffix.lower() == ".md":
+        raise ValueError(f"--out {out} ends in .md, the name of the Markdown table written beside the JSON; "
+                         f"use {out.with_suffix('.json')}")
+    return out
+
+
+def _describe_settings(settings: dict) -> str:
+    seeds = settings.get("seeds")
+    seeds = ",".join(str(s) for s in seeds) if isinstance(seeds, list) else repr(seeds)
+    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}"
+
+
+def previous_results(out: Path, settings: dict) -> dict:
+    """The results already in ``out`` when it was made with the same ``settings``; {} when there is
+    no such file. Any other file is refused, naming it and what it holds: it is never overwritten."""
+    if not out.exists():
+        return {}
+    keep = "It was left as it is: choose another --out, or move that file away."
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--out {out} is not valid JSON ({error}). {keep}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--out {out} cannot be read ({error}). {keep}") from error
+    if not isinstance(previous, dict) or not isinstance(previous.get("results"), dict) or not all(
+            isinstance(row, dict) and isinstance(row.get("seeds", {}), dict)
+            and all(isinstance(run, dict) for run in row.get("seeds", {}).values())
+            for row in previous["results"].values()):
+        raise ValueError(f"--out {out} is not a results file of adcourse.bench (no 'results' table). {keep}")
+    if "seeds" not in previous:
+        raise ValueError(f"--out {out} was written by an earlier adcourse.bench (one 'seed', rows without 'seeds'). {keep}")
+    held = {key: previous.get(key) for key in settings}
+    if held != settings:
+        raise ValueError(f"--out {out} holds results of {_describe_settings(held)} ({len(previous['results'])} methods), "
+                         f"not of this run's {_describe_settings(settings)}. {keep}")
+    return previous["results"]
+
+
+def _save(report: dict, out: Path | None) -> None:
+    """Stamp the report (date, the wall time of every row) and write it to ``out`` with its table."""
+    report["wall_seconds"] = sum(row.get("wall_seconds", 0) for entry in report["results"].values()
+                                 for row in entry.get("seeds", {}).values())
+    report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if out is None:
+        return
+    try:
+        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out.with_suffix(".md"), markdown_table(report))
+    except OSError as error:
+        raise ValueError(f"cannot write --out {out}: {error}") from error
+
+
+def _check_both_classes(data: str, labels: np.ndarray) -> None:
+    if len(np.unique(labels)) < 2:
+        kind = "normal" if labels.size and labels[0] == 0 else "anomalous"
+        hint = (" Put normal test images in test/good/ and defective ones in test/<defect>/."
+                if data.lower().startswith("folder:") else "")
+        raise ValueError(f"--data {data}: the test set holds only {kind} images ({labels.size}); the image metrics "
+                         f"need normal and anomalous test images.{hint}")
+
+
+def run(methods: list[str], data: str, profile: str = "quick", seed: int | Sequence[int] = 0,
+        out: str | os.PathLike | None = None, device=None, progress: bool = True, command: str | None = None,
+        overrides: dict[str, dict] | None = None) -> dict:
+    """Run the benchmark: every method of ``methods`` on ``data``, once per seed of ``seed`` (one int
+    or several); ``overrides`` (``{"ae_l2": {"epochs": 1}}``) replace settings of the profile. With
+    ``out``, keep what that JSON file already holds for the same data, profile and seeds, and save
+    to it after every finished (method, seed). Every argument is checked before any training."""
+    if not isinstance(data, str) or not data.strip():
+        raise ValueError(f"--data must name a dataset such as textures:brick or folder:path/to/images, got {data!r}")
     profile = resolve_profile(profile)
-    for name in methods:  # check every name before any training
-        if name not in detectors.available():
-            raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(detectors.available())}")
-    settings = {"data": data, "profile": profile, "seed": seed}
+    methods = check_methods(methods)
+    seeds = check_seeds(seed)
+    overrides = check_overrides(overrides, methods)
+    check_device(device)
+    out = check_out(out)
+    settings = {"data": data, "profile": profile, "seeds": seeds}
+    results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
-              "torch": torch.__version__, "results": {}}
-    out = Path(out) if out else None
-    if out and out.exists():
-        previous = json.loads(out.read_text())
-        if {k: previous.get(k) for k in settings} == settings:
-            report["results"] = {k: v for k, v in previous.get("results", {}).items() if k in methods}
-    train, test = load_data(data, profile, seed)
-    test_batch = stack(test)
-    todo = [m for m in methods if m not in report["results"]]
-    for name in tqdm(todo, desc="methods", **({} if progress else {"disable": True})):
+              "torch": torch.__version__, "results": results}
+    data_of_seed = {}
+
+    def data_for(seed: int):
+        key = None if data.partition(":")[0].lower() in UNSEEDED_KINDS else seed
+        if key not in data_of_seed:
+            train, test = load_data(data, profile, seed)
+            batch = stack(test)
+            _check_both_classes(data, batch[1])
+            data_of_seed[key] = train, batch, defect_types(test)
+        return data_of_seed[key]
+
+    data_for(seeds[0])  # the data's errors before any training
+    _save(report, out)  # and the file's
+    todo = [(name, s) for name in methods if "skipped" not in results.get(name, {})
+            for s in seeds if str(s) not in results.get(name, {}).get("seeds", {})]
+    for name, s in tqdm(todo, desc="methods × seeds", **({} if progress else {"disable": True})):
         start = time.perf_counter()
+        train, test_batch, defects = data_for(s)
         if detectors.create(name).supervised:
             try:
-                supervised_train, _ = load_data(data, profile, seed, SUPERVISED_ANOMALY_FRACTION)
+                train, _ = load_data(data, profile, s, SUPERVISED_ANOMALY_FRACTION)
             except ValueError as reason:
-                report["results"][name] = {"skipped": str(reason), "supervised": True}
+                results[name] = {"skipped": str(reason), "supervised": True}
+                _save(report, out)
                 continue
-            report["results"][name] = run_method(name, supervised_train, test_batch, profile, seed, device)
-        else:
-            report["results"][name] = run_method(name, train, test_batch, profile, seed, device)
-        # everything the method cost this run: training, scoring, the extra timings and the export
-        report["results"][name]["wall_seconds"] = time.perf_counter() - start
-        report["wall_seconds"] = sum(row.get("wall_seconds", 0) for row in report["results"].values())
-        report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        if out:
-            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-            write_text_atomic(out.with_suffix(".md"), markdown_table(report))
+        row = run_method(name, train, test_batch, profile, s, device, defects, overrides.get(name))
+        # everything the method cost this seed: training, scoring, the extra timings and the export
+        row["wall_seconds"] = time.perf_counter() - start
+        rows = {**results.get(name, {}).get("seeds", {}), str(s): row}
+        rows = {str(k): rows[str(k)] for k in seeds if str(k) in rows}
+        results[name] = summarize(rows) if len(rows) == len(seeds) else {"seeds": rows}
+        _save(report, out)
     return report
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as a list of ints (argparse type)."""
+    try:
+        return check_seeds([int(part) for part in text.split(",") if part.strip()])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers of at least 0, comma-separated and each "
+                                         "once, such as 0,1,2") from None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adcourse.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", required=True, help=f"comma-separated, or 'all': {', '.join(detectors.available())}")
-    parser.add_argument("--data", required=True, help="e.g. textures:brick, digits:3, mvtec:bottle, btad:01, mnist:0")
+    parser.add_argument("--data", required=True,
+                        help="e.g. textures:brick, digits:3, mvtec:bottle, btad:01, mnist:0, folder:path/to/images")
     parser.add_argument("--profile", default="auto", choices=["auto", "quick", "full"])
-    parser.add_argument("--seed", type=int, default=0)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
+    seeds.add_argument("--seeds", type=parse_seeds, default=None,
+                       help="several seeds, comma-separated, e.g. 0,1,2: mean ± standard deviation over them")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it)")
+    parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it); "
+                                                   "a second run with the same --out adds to it")
     args = parser.parse_args(argv)
-    methods = detectors.available() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = args.methods.split(",")
+    seed = args.seeds if args.seeds is not None else (0 if args.seed is None else args.seed)
     try:
         command = " ".join(["python -m adcourse.bench", *(argv if argv is not None else sys.argv[1:])])
-        report = run(methods, args.data, args.profile, args.seed, args.out, args.device, command=command)
+        report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command)
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
-    print(f"\n{args.data}, profile {report['profile']}, device {report['device']}, "
-          f"{report.get('wall_seconds', 0):.0f} s for {len(report['results'])} methods\n")
+    except KeyboardInterrupt:
+        kept = f"every finished (method, seed) is in {args.out}: run the same command to resume" if args.out else \
+            "nothing was saved (no --out)"
+        parser.exit(130, f"\ninterrupted; {kept}\n")
+    print(f"\n{args.data}, profile {report['profile']}, seeds {','.join(map(str, report['seeds']))}, "
+          f"device {report['device']}, {report.get('wall_seconds', 0):.0f} s for {len(report['results'])} methods\n")
     print(markdown_table(report))
     return 0
 

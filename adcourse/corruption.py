@@ -9,6 +9,11 @@ Every function has the signature ``fn(image, rng, **options) -> (corrupted, mask
 
 They make the test defects of :class:`adcourse.data.TextureDefects` (with exact masks) and the
 training corruptions of the synthetic-corruption chapter.
+
+A mistake in the arguments raises a ``ValueError`` or ``TypeError`` that names it: an image outside
+[0, 1], with NaN, channels first or smaller than 4×4 pixels; an ``rng`` that is not a Generator (a
+seed: use ``np.random.default_rng(seed)``); a fraction, size or range outside its bounds or given
+largest first.
 """
 from __future__ import annotations
 
@@ -20,15 +25,67 @@ from skimage import data as skdata
 from skimage import draw
 
 
-def _as_float_image(image) -> np.ndarray:
-    array = np.asarray(image, dtype=np.float32)
+# The smallest image side the defects are drawn on (a Perlin grid, a scratch's curve need a few pixels).
+MIN_SIDE = 4
+
+
+def _as_float_image(image, what: str = "image") -> np.ndarray:
+    if hasattr(image, "detach"):  # a torch tensor (on any device)
+        image = image.detach().cpu().numpy()
+    try:
+        array = np.asarray(image, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"expected the {what} as an array of numbers, got {type(image).__name__}") from error
     if array.ndim not in (2, 3):
-        raise ValueError(f"expected an image of shape H×W or H×W×C, got shape {array.shape}")
-    if array.size and (array.min() < 0 or array.max() > 1):
+        raise ValueError(f"expected the {what} of shape H×W or H×W×C, got shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] > 4:
+        hint = ": it looks channels-first (C×H×W); use image.transpose(1, 2, 0)" if array.shape[0] <= 4 else ""
+        raise ValueError(f"expected the {what} of shape H×W×C with at most 4 channels last, got shape {array.shape}{hint}")
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"the {what} of shape {array.shape} is too small: at least {MIN_SIDE}×{MIN_SIDE} pixels")
+    if not np.isfinite(array).all():
+        raise ValueError(f"the {what} contains NaN or infinite values")
+    if array.min() < 0 or array.max() > 1:
         raise ValueError(
             f"expected pixel values in [0, 1], got [{array.min():.3g}, {array.max():.3g}]; "
             "divide 8-bit images by 255 first")
     return array
+
+
+def _check_rng(rng) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator such as np.random.default_rng(0), got {type(rng).__name__}")
+
+
+def _number(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float between ``low`` and ``high`` (ends open or closed), else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not ((value > low if low_open else value >= low) and (value < high if high_open else value <= high)):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def _range(name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+           integers: bool = False) -> tuple:
+    """A ``(smallest, largest)`` pair inside the interval from ``low`` to ``high``, smallest first."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (smallest, largest), got {value!r}")
+    if integers and not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value):
+        raise TypeError(f"{name} must be a pair of whole numbers, got {value!r}")
+    first, second = (_number(name, v, low, high, low_open=low_open, high_open=high_open) for v in value)
+    if first > second:
+        raise ValueError(f"{name} must be (smallest, largest), got {value!r}: use {tuple(value)[::-1]}")
+    return (int(first), int(second)) if integers else (first, second)
+
+
+def _positive_pair(name: str, value) -> tuple[int, int]:
+    """Two whole numbers of at least 1, in any order (a shape, a grid)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1 for v in value):
+        raise ValueError(f"{name} must be two whole numbers of at least 1, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def _blend(image: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -49,6 +106,12 @@ def stain(image, rng: np.random.Generator, axis_range=(0.06, 0.2), n_contour=20,
     Gaussian blur of σ = 0.15 × the longest axis. The mask is where the blend weight is ≥ 0.5.
     """
     image = _as_float_image(image)
+    _check_rng(rng)
+    axis_range = _range("axis_range", axis_range, 0, 1, low_open=True)
+    if isinstance(n_contour, (bool, np.bool_)) or not isinstance(n_contour, (int, np.integer)) or n_contour < 4:
+        raise ValueError(f"n_contour must be a whole number of at least 4 (a closed cubic spline), got {n_contour!r}")
+    _number("jitter", jitter, 0, 1, high_open=True)
+    _number("noise_std", noise_std, 0, np.inf)
     h, w = image.shape[:2]
     side = min(h, w)
     axes = rng.uniform(*axis_range, size=2) * side
@@ -86,6 +149,8 @@ def scratch(image, rng: np.random.Generator, width_range=(1, 3)):
     with the local mean so that it is a visible defect on any texture.
     """
     image = _as_float_image(image)
+    _check_rng(rng)
+    width_range = _range("width_range", width_range, 1, max(image.shape[:2]), integers=True)
     h, w = image.shape[:2]
     start, control, end = rng.uniform([0.1 * h, 0.1 * w], [0.9 * h, 0.9 * w], size=(3, 2))
     t = np.linspace(0, 1, 4 * (h + w))[:, None]
@@ -103,7 +168,7 @@ def scratch(image, rng: np.random.Generator, width_range=(1, 3)):
 @functools.lru_cache(maxsize=None)
 def texture_photo(name: str) -> np.ndarray:
     """A grayscale texture photograph shipped with scikit-image, as float32 in [0, 1]."""
-    if name not in TEXTURES:
+    if not isinstance(name, str) or name not in TEXTURES:
         raise ValueError(f"unknown texture {name!r}; choose one of {sorted(TEXTURES)}")
     photo = getattr(skdata, name)()
     if photo.ndim == 3:
@@ -120,7 +185,7 @@ def _foreign_source(image: np.ndarray, source, rng: np.random.Generator) -> np.n
     """A texture different from the image's: ``source`` if given, else a random built-in one."""
     if source is None:
         source = texture_photo(str(rng.choice(TEXTURES)))
-    source = _as_float_image(source)
+    source = _as_float_image(source, "source texture")
     if image.ndim == 3 and source.ndim == 2:
         source = np.repeat(source[..., None], image.shape[2], axis=2)
     if image.ndim == 2 and source.ndim == 3:
@@ -139,6 +204,8 @@ def _random_crop(source: np.ndarray, h: int, w: int, rng: np.random.Generator) -
 def foreign_patch(image, rng: np.random.Generator, source=None, size_range=(0.15, 0.35)):
     """A rectangle of another texture pasted at a random place (side: ``size_range`` of the image)."""
     image = _as_float_image(image)
+    _check_rng(rng)
+    size_range = _range("size_range", size_range, 0, 1, low_open=True)
     h, w = image.shape[:2]
     ph, pw = (rng.uniform(*size_range, size=2) * (h, w)).astype(int).clip(2)
     top, left = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
@@ -154,8 +221,9 @@ def foreign_patch(image, rng: np.random.Generator, source=None, size_range=(0.15
 
 def perlin_noise(shape, rng: np.random.Generator, scale=(4, 4)) -> np.ndarray:
     """2-D Perlin (gradient) noise on a ``scale`` grid of random unit gradients, values ≈ [−1, 1]."""
-    h, w = shape
-    gy, gx = scale
+    _check_rng(rng)
+    h, w = _positive_pair("shape", shape)
+    gy, gx = _positive_pair("scale", scale)
     angles = rng.uniform(0, 2 * np.pi, size=(gy + 1, gx + 1))
     gradients = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
     y = np.linspace(0, gy, h, endpoint=False)[:, None] * np.ones((1, w))
@@ -181,10 +249,16 @@ def perlin(image, rng: np.random.Generator, source=None, coverage_range=(0.03, 0
     the region is filled with a crop of another texture blended at a random opacity.
     """
     image = _as_float_image(image)
+    _check_rng(rng)
+    coverage_range = _range("coverage_range", coverage_range, 0, 1, low_open=True, high_open=True)
+    opacity_range = _range("opacity_range", opacity_range, 0, 1, low_open=True)
     h, w = image.shape[:2]
-    scale = tuple(int(s) for s in rng.choice([2, 4, 8], size=2))
+    # A grid as fine as the pixels would make the noise zero everywhere: at most one cell per two pixels.
+    scale = tuple(min(int(s), max(1, min(h, w) // 2)) for s in rng.choice([2, 4, 8], size=2))
     noise = perlin_noise((h, w), rng, scale)
     mask = noise > np.quantile(noise, 1 - rng.uniform(*coverage_range))
+    if not mask.any():  # a coverage below one pixel: keep the noise's peak
+        mask.flat[np.argmax(noise)] = True
     fill = _random_crop(_foreign_source(image, source, rng), h, w, rng)
     alpha = mask * rng.uniform(*opacity_range)
     return _blend(image, fill, alpha.astype(np.float32)), mask
@@ -194,11 +268,19 @@ def center_crop(image, rng: np.random.Generator | None = None, fraction=0.5, fil
     """Cut out the central square (``fraction`` of each side): the inpainting mask of the SIREN chapter.
 
     ``rng`` is unused (the cut is always central); it is accepted so that every corruption has the
-    same signature.
+    same signature. ``fraction`` lies strictly between 0 and 1, and ``fill`` (the value of the cut
+    pixels) in [0, 1].
     """
     image = _as_float_image(image)
+    if rng is not None:
+        _check_rng(rng)
+    _number("fraction", fraction, 0, 1, low_open=True, high_open=True)
+    _number("fill", fill, 0, 1)
     h, w = image.shape[:2]
     ch, cw = int(round(h * fraction)), int(round(w * fraction))
+    if min(ch, cw) < 1:
+        raise ValueError(f"fraction={fraction} of an image of {h}×{w} pixels cuts no pixel: use at least "
+                         f"{0.5 / min(h, w):.2g}")
     top, left = (h - ch) // 2, (w - cw) // 2
     mask = np.zeros((h, w), dtype=bool)
     mask[top:top + ch, left:left + cw] = True
@@ -210,14 +292,20 @@ def center_crop(image, rng: np.random.Generator | None = None, fraction=0.5, fil
 def gaussian_noise(image, rng: np.random.Generator, std=0.1):
     """Additive Gaussian noise on every pixel (the mask covers the whole image)."""
     image = _as_float_image(image)
+    _check_rng(rng)
+    _number("std", std, 0, np.inf, low_open=True, high_open=True)
     corrupted = np.clip(image + rng.normal(0, std, size=image.shape), 0, 1).astype(np.float32)
     return corrupted, np.ones(image.shape[:2], dtype=bool)
 
 
 def salt_and_pepper(image, rng: np.random.Generator, amount=0.05):
-    """A fraction ``amount`` of the pixels set to 0 or 1 at random."""
+    """A fraction ``amount`` (in (0, 1]) of the pixels set to 0 or 1 at random; at least one pixel."""
     image = _as_float_image(image)
+    _check_rng(rng)
+    _number("amount", amount, 0, 1, low_open=True)
     mask = rng.random(image.shape[:2]) < amount
+    if not mask.any():  # a small image and a small amount: still a defect
+        mask.flat[rng.integers(mask.size)] = True
     values = rng.integers(0, 2, size=int(mask.sum())).astype(np.float32)
     corrupted = image.copy()
     corrupted[mask] = values[:, None] if image.ndim == 3 else values  # same value on every channel

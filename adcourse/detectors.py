@@ -3,93 +3,322 @@
 A detector is trained on a dataset of normal images (``fit``) and then scores images
 (``predict``): one score per image and one anomaly map per image, higher meaning more anomalous::
 
-    detector = create("ae_l2")
+    detector = create("ae_l2", epochs=5)          # settings: the quick profile's, with epochs=5
     detector.fit(train_dataset, profile="quick")
     image_scores, anomaly_maps = detector.predict(images)   # (N,), (N, H, W)
+    detector.save("ae_l2.pt")
+    same = load("ae_l2.pt")                       # scores exactly like ``detector``
+
+Every detector keeps its settings in one frozen dataclass (``Settings``), with a quick and a full
+instance in ``PROFILES`` beside the class, in the spirit of minGPT's ``get_default_config()``.
+Constructor keywords override fields of that dataclass (through :func:`dataclasses.replace`); an
+unknown name is an error that names the closest field. ``fit`` resolves the profile into
+``detector.settings``; ``predict`` reads only what ``fit`` or :func:`load` left behind.
+
+This module imports no model: each model file imports it and registers its classes with
+``@register("name")``; :mod:`adcourse` imports the model files once, which fills the registry.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+# name -> (class, the settings that make this variant)
+_REGISTRY: dict[str, tuple[type["Detector"], dict[str, Any]]] = {}
 
-_REGISTRY: dict[str, Callable[..., "Detector"]] = {}
+SAVE_FORMAT = 1
 
 
-def register(name: str):
-    """Class decorator: make a detector available to :func:`create` and the benchmark by ``name``."""
-    def decorator(factory):
+class NotFittedError(RuntimeError):
+    """``predict`` or ``save`` on a detector that was neither fitted nor loaded."""
+
+
+def register(name: str, **variant):
+    """Class decorator: make a detector available to :func:`create` and the benchmark as ``name``.
+
+    ``variant`` fixes settings that define this variant; stack the decorator to register several::
+
+        @register("ae_l2", loss="l2")
+        @register("ae_ssim", loss="ssim")
+        class AutoencoderDetector(Detector): ...
+    """
+    def decorator(cls):
         if name in _REGISTRY:
             raise ValueError(f"a detector named {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
+        if getattr(cls, "Settings", None) is None:  # TRANSITION: legacy factory, removed when all are converted
+            _REGISTRY[name] = (cls, {})
+            return cls
+        _check_setting_names(cls, name, variant)
+        _REGISTRY[name] = (cls, dict(variant))
+        return cls
     return decorator
-
-
-def _load_methods() -> None:
-    """Import every model family: each registers its detectors when imported."""
-    import adcourse.models  # noqa: F401
 
 
 def available() -> list[str]:
     """Names of every registered detector."""
-    _load_methods()
     return sorted(_REGISTRY)
 
 
-def create(name: str, **kwargs) -> "Detector":
-    """A new, untrained detector; ``kwargs`` go to its constructor (``device=...`` for all)."""
-    _load_methods()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(available())}")
-    return _REGISTRY[name](**kwargs)
+def _lookup(name: str) -> tuple[type["Detector"], dict[str, Any]]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {name!r}{hint} Registered methods: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def create(name: str, device=None, **overrides) -> "Detector":
+    """A new, unfitted detector ``name``; ``overrides`` replace fields of its settings."""
+    cls, variant = _lookup(name)
+    if not isinstance(cls, type) or cls.Settings is None:  # TRANSITION: legacy factory
+        return cls(device=device, **overrides)
+    fixed = {key: value for key, value in overrides.items() if key in variant and value != variant[key]}
+    if fixed:
+        key = next(iter(fixed))
+        others = [n for n, (c, v) in _REGISTRY.items() if c is cls and v.get(key) == fixed[key]]
+        hint = f"; use {others[0]!r} instead" if others else ""
+        raise ValueError(f"{name} is the variant with {key}={variant[key]!r}; it cannot be changed to {fixed[key]!r}{hint}")
+    return cls(device=device, method=name, **{**overrides, **variant})
+
+
+def load(path: str | os.PathLike, device=None) -> "Detector":
+    """A detector saved with :meth:`Detector.save`, ready to ``predict`` on ``device``."""
+    path = Path(path)
+    if path.is_dir() or not path.exists():
+        raise FileNotFoundError(f"no saved detector at {path}; save one with detector.save({str(path)!r})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable adcourse detector file ({type(error).__name__}: "
+                         f"{str(error)[:200]}); save the detector again") from error
+    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT or "method" not in payload:
+        raise ValueError(f"{path} is not a detector saved by adcourse (format {SAVE_FORMAT}); save the detector again")
+    cls, variant = _lookup(payload["method"])
+    detector = cls(device=device, method=payload["method"], **payload["settings"])
+    detector.settings = detector.settings_for("quick")  # every field is an override: the profile is irrelevant
+    detector.input_shape = tuple(payload["input_shape"])
+    detector.build(detector.input_shape)
+    detector.load_fitted_state(payload["state"])
+    return detector.to(detector.device)
+
+
+def _type_ok(value, expected) -> bool:
+    """Whether ``value`` fits the annotation ``expected`` (plain types, unions, Optional, tuples)."""
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_type_ok(value, arg) for arg in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if origin in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True  # an annotation this check does not understand (callables, …): trust the caller
+
+
+def _check_setting_names(cls, method: str, overrides: dict) -> None:
+    """Every override must name a field of ``cls.Settings`` and fit its type."""
+    known = {field.name: field for field in dataclasses.fields(cls.Settings)}
+    hints = typing.get_type_hints(cls.Settings)
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown {method} setting {key!r}{hint} Known settings: {', '.join(sorted(known))}")
+        if not _type_ok(value, hints[key]):
+            raise TypeError(f"{method} setting {key}={value!r} should be of type {_type_name(hints[key])}, "
+                            f"not {type(value).__name__}")
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 class Detector:
     """Base class: ``fit(train_dataset, profile)`` then ``predict(images) -> (scores, maps)``.
 
+    A subclass defines:
+
+    * ``Settings``, a frozen dataclass, and ``PROFILES = {"quick": ..., "full": ...}``, two instances;
+    * ``build(input_shape)``: create the networks (untrained) for C×H×W images, from ``self.settings``;
+    * ``fit_networks(train_dataset)``: train them, and compute every statistic the scores need;
+    * ``score(images)``: the scores and maps of a batch, reading only what ``build`` and
+      ``fit_networks`` (or :func:`load`) left behind;
+    * ``fitted``: the names of the attributes that hold the fitted state (networks, tensors, numbers),
+      saved by :meth:`save`.
+
     ``supervised`` says whether ``fit`` needs labelled anomalies in the training set; ``trains`` is
     false for methods that only collect statistics of a frozen, pretrained network.
+    ``backbone_name`` says which pretrained network a method ran on (``None``: it uses none).
+    ``any_image_size``: ``predict`` accepts another image size than ``fit`` saw (fully convolutional).
     """
 
     name: str = "detector"
+    Settings: type = None
+    PROFILES: dict = {}
+    fitted: tuple[str, ...] = ()
     supervised: bool = False
     trains: bool = True
-    device: torch.device = torch.device("cpu")
+    any_image_size: bool = False
+    min_train_images: int = 2
+    backbone_name: str | None = None
 
-    PROFILES: dict = {}
-    strict_settings: bool = False  # True: an override that no profile knows is an error
-
-    def __init__(self, device=None, **overrides):
+    def __init__(self, device=None, method: str | None = None, **overrides):
         """``device``: where to train and score (default: CUDA when there is one, see
-        :func:`adcourse.train.pick_device`); ``overrides``: settings that replace the profile's."""
+        :func:`adcourse.train.pick_device`); ``overrides``: fields of ``Settings`` that replace the
+        profile's. ``method``: the registered name (set by :func:`create`)."""
         from .train import pick_device
 
-        if self.strict_settings:
-            unknown = set(overrides) - set(self.PROFILES["quick"])
-            if unknown:
-                raise ValueError(f"unknown {self.name} settings {sorted(unknown)}; known: {sorted(self.PROFILES['quick'])}")
+        self.name = method or getattr(type(self), "name", type(self).__name__)
+        if self.Settings is not None:  # TRANSITION: legacy subclasses have no Settings
+            _check_setting_names(type(self), self.name, overrides)
         self.device = pick_device(device)
         self.overrides = overrides
+        self.settings = None
+        self.input_shape: tuple[int, int, int] | None = None
 
-    def fit(self, train_dataset, profile: str = "quick") -> "Detector":
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def profile_settings(self, profile: str) -> dict:
+    # -- settings ---------------------------------------------------------------------------------
+    def settings_for(self, profile: str = "quick"):
         """The settings of ``profile`` (quick/full/auto, see :func:`adcourse.train.resolve_profile`)
-        with the constructor's overrides on top; kept as ``self.settings``."""
+        with the constructor's overrides on top."""
+        from .train import resolve_profile
+
+        return dataclasses.replace(self.PROFILES[resolve_profile(profile)], **self.overrides)
+
+    def profile_settings(self, profile: str) -> dict:  # TRANSITION: legacy dict settings
         from .train import resolve_profile
 
         self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
         return self.settings
 
+    # -- fit and predict --------------------------------------------------------------------------
+    def fit(self, train_dataset, profile: str = "quick", **options) -> "Detector":
+        """Train on ``train_dataset`` (items ``{"image": C×H×W tensor, ...}``) with the settings of
+        ``profile``; ``options`` go to :meth:`fit_networks`."""
+        n = _length(train_dataset, "training set")
+        if n < self.min_train_images:
+            raise ValueError(f"{self.name} needs at least {self.min_train_images} training images, got {n}; "
+                             "pass a training set of normal images")
+        first = train_dataset[0]
+        if not isinstance(first, dict) or "image" not in first:
+            raise TypeError(f"a training set's items must be dicts with an 'image' tensor (C×H×W), got {type(first).__name__}")
+        shape = tuple(first["image"].shape)
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"training images must be C×H×W with 1 or 3 channels, got shape {shape}")
+        self.settings = self.settings_for(profile)
+        self.input_shape = None
+        self.build(shape)
+        self.fit_networks(train_dataset, **options)
+        self.input_shape = shape
+        return self
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(scores, maps)`` of an N×C×H×W batch in [0, 1]: N image scores and N×H×W anomaly maps."""
+        images = self.check_images(images)
+        with torch.no_grad():
+            return self.score(images)
+
+    def check_images(self, images) -> torch.Tensor:
+        """``images`` as a float tensor that this fitted detector can score, or a clear error."""
+        if self.input_shape is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() or load() first")
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor of shape N×C×H×W, got {type(images).__name__}")
+        if images.dim() == 3:
+            raise ValueError(f"images must be a batch N×C×H×W, got shape {tuple(images.shape)}; "
+                             "for one image use image[None]")
+        if images.dim() != 4 or len(images) == 0:
+            raise ValueError(f"images must be a non-empty batch N×C×H×W, got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floats in [0, 1], got {images.dtype}; divide by 255 (uint8) first")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values")
+        channels, height, width = self.input_shape
+        if images.shape[1] != channels:
+            fix = ("images.mean(1, keepdim=True)" if channels == 1 else "images.expand(-1, 3, -1, -1)")
+            raise ValueError(f"{self.name} was fitted on {channels}-channel images of {height}×{width}, got "
+                             f"{images.shape[1]} channels (batch {tuple(images.shape)}); convert them, e.g. {fix}")
+        if not self.any_image_size and tuple(images.shape[-2:]) != (height, width):
+            raise ValueError(f"{self.name} was fitted on images of {height}×{width}, got "
+                             f"{images.shape[-2]}×{images.shape[-1]} (batch {tuple(images.shape)}); resize them, "
+                             f"e.g. torch.nn.functional.interpolate(images, size=({height}, {width}), mode='bilinear')")
+        return images.float()
+
+    def build(self, input_shape: tuple[int, int, int]) -> None:
+        raise NotImplementedError
+
+    def fit_networks(self, train_dataset) -> None:
+        raise NotImplementedError
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    # -- save and load ----------------------------------------------------------------------------
+    def fitted_state(self) -> dict:
+        """What :meth:`save` writes besides the settings: every attribute named in ``fitted`` (a
+        network's state dict, a tensor on the CPU, or a plain value)."""
+        state = {}
+        for key in self.fitted:
+            value = getattr(self, key)
+            if isinstance(value, torch.nn.Module):
+                state[key] = {name: t.detach().cpu() for name, t in value.state_dict().items()}
+            elif isinstance(value, torch.Tensor):
+                state[key] = value.detach().cpu()
+            else:
+                state[key] = value
+        return state
+
+    def load_fitted_state(self, state: dict) -> None:
+        """The inverse of :meth:`fitted_state`, on networks that :meth:`build` has just created."""
+        missing = [key for key in self.fitted if key not in state]
+        if missing:
+            raise ValueError(f"the saved {self.name} detector lacks {missing}; save it again with this version")
+        for key in self.fitted:
+            current = getattr(self, key, None)
+            if isinstance(current, torch.nn.Module):
+                current.load_state_dict(state[key])
+            else:
+                setattr(self, key, state[key])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted detector (settings, weights, statistics) to ``path`` atomically."""
+        from .train import atomic_output
+
+        if self.input_shape is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() or load() before save()")
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / (self.name + '.pt')}")
+        settings = dataclasses.asdict(self.settings)
+        unsaveable = [k for k, v in settings.items() if not isinstance(v, (int, float, str, bool, type(None), tuple, list))]
+        if unsaveable:
+            raise TypeError(f"{self.name} settings {unsaveable} hold Python objects that a weights-only file "
+                            "cannot store; use the named options (strings) instead to save this detector")
+        payload = {"format": SAVE_FORMAT, "method": self.name, "settings": settings,
+                   "input_shape": list(self.input_shape), "state": self.fitted_state()}
+        with atomic_output(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    # -- the rest ---------------------------------------------------------------------------------
     def model(self) -> torch.nn.Module | None:
         """The network that scores images, for parameter counts and ONNX export."""
         return getattr(self, "network", None)
@@ -108,12 +337,24 @@ class Detector:
         return "normal images" if self.trains else "normal images, no training (pretrained features)"
 
     def to(self, device) -> "Detector":
-        """Move a trained detector to ``device``: every network it holds, and where ``predict`` works."""
+        """Move a detector to ``device``: every network and tensor it holds, and where ``predict`` works."""
         self.device = torch.device(device)
-        for value in vars(self).values():
+        for key, value in vars(self).items():
             if isinstance(value, torch.nn.Module):
                 value.to(self.device)
         return self
+
+    def __repr__(self) -> str:
+        state = "fitted on " + "×".join(map(str, self.input_shape)) if self.input_shape else "not fitted"
+        return f"<{type(self).__name__} {self.name!r}, {state}, device {self.device}>"
+
+
+def _length(dataset, what: str) -> int:
+    try:
+        return len(dataset)
+    except TypeError:
+        raise TypeError(f"the {what} must be a dataset with len() and [i] (e.g. adcourse.data.TextureDefects), "
+                        f"got {type(dataset).__name__}") from None
 
 
 class ScoringGraph(torch.nn.Module):

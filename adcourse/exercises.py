@@ -9,7 +9,9 @@ Checks (use them in the cell after a code exercise)::
     check_function(image_score, [("all ones", (torch.ones(2, 1, 4, 4),), torch.ones(2))])
 
 Each prints a short line starting with ✓ when it passes and raises :class:`ExerciseError`
-(an ``AssertionError``) with a hint when it does not.
+(an ``AssertionError``) with a hint when it does not. The chapters' own code exercises have checks
+named after their chapter, ``check_chNN_<what>(student_function)`` (``check_ch07_squash``), which
+name the usual mistakes in their hints.
 
 Command line::
 
@@ -42,6 +44,17 @@ __all__ = [
     "check_range",
     "check_close",
     "check_function",
+    "check_ch01_pro_at_threshold",
+    "check_ch02_ssim_terms",
+    "check_ch03_denoising_loss",
+    "check_ch04_gradient_norm",
+    "check_ch05a_critic_loss",
+    "check_ch05b_mahalanobis_pixels",
+    "check_ch06_negative_elbo",
+    "check_ch07_squash",
+    "check_ch08_pyramid_features",
+    "check_ch09_weighted_component_nll",
+    "check_ch10_position_gaussians",
     "strip_code_solution",
     "strip_markdown_solutions",
     "make_student_notebook",
@@ -262,6 +275,555 @@ def check_function(
 
 
 # ---------------------------------------------------------------------------------------------
+# The chapters' code exercises: one check per exercise, named after its chapter
+# ---------------------------------------------------------------------------------------------
+#
+# Each check runs the student's function on small cases whose answers it computes itself. When an
+# answer is wrong it first compares it with the answers of the usual mistakes, so that the hint
+# names the mistake rather than only the size of the error. A stub (``raise NotImplementedError``)
+# gets the hint "not written yet", any other exception a hint that names it and the case. Every
+# check takes well under a second on a CPU.
+
+
+def _call(fn: Callable[..., Any], case: str, *args: Any, **kwargs: Any) -> Any:
+    """Call the student's ``fn``; a stub or an exception becomes an :class:`ExerciseError` hint."""
+    name = getattr(fn, "__name__", "the function")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise ExerciseError(
+            f"`{name}` is not written yet: replace `raise NotImplementedError` with your code and "
+            "run its cell again."
+        ) from None
+    except ExerciseError:
+        raise
+    except Exception as error:  # noqa: BLE001 - turned into a hint
+        raise ExerciseError(
+            f"`{name}` raised {type(error).__name__} on case '{case}': {error}"
+        ) from error
+
+
+def _expect(
+    fn: Callable[..., Any],
+    case: str,
+    result: Any,
+    expected: Any,
+    mistakes: Sequence[tuple[Any, str]] = (),
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    what: str = "the result",
+) -> None:
+    """Raise a hint unless ``result`` is close to ``expected``.
+
+    ``mistakes`` holds ``(wrong_answer, hint)`` pairs: a result that matches a wrong answer gets
+    that hint; any other wrong result gets how far off it is, and where.
+    """
+    name = getattr(fn, "__name__", "the function")
+    if result is None:
+        raise ExerciseError(f"`{name}` returned None on case '{case}': did it forget to `return`?")
+    message = _compare(result, expected, "result", atol, rtol, label=what)
+    if message is None:
+        return
+    for wrong, hint in mistakes:
+        if _compare(result, wrong, "result", atol, rtol) is None:
+            raise ExerciseError(f"`{name}` fails on case '{case}': {hint}")
+    raise ExerciseError(f"`{name}` fails on case '{case}': {message}")
+
+
+def _require(condition: Any, hint: str) -> None:
+    """Raise ``hint`` as an :class:`ExerciseError` unless ``condition`` holds (prints nothing)."""
+    if not bool(condition):
+        raise ExerciseError(hint)
+
+
+def _pair(fn: Callable[..., Any], case: str, result: Any, names: str) -> tuple[Any, Any]:
+    """Unpack a result that must be a pair (``names`` says what the two parts are)."""
+    name = getattr(fn, "__name__", "the function")
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise ExerciseError(
+            f"`{name}` should return two values, {names}, on case '{case}'; it returned "
+            f"{_describe(result)}."
+        )
+    return result[0], result[1]
+
+
+def check_ch01_pro_at_threshold(fn: Callable[..., Any]) -> None:
+    """Chapter 1: ``fn(masks, maps, threshold)``, the per-region overlap (PRO) at one threshold.
+
+    ``masks`` and ``maps`` are N×H×W arrays; every 8-connected region of every mask counts once,
+    whatever its size, and a pixel is flagged when its map value is ``>= threshold``.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    def per_region(masks, maps, threshold, structure):
+        overlaps = []
+        for mask, values in zip(masks, maps):
+            labelled, count = ndimage.label(mask, structure=structure)
+            overlaps += [(values[labelled == k] >= threshold).mean() for k in range(1, count + 1)]
+        return float(np.mean(overlaps))
+
+    def mistakes(masks, maps, threshold):
+        return [
+            (float((maps[masks > 0] >= threshold).mean()),
+             "this is the share of defect *pixels* found. PRO averages the overlap of each defect "
+             "*region*, so a small region counts as much as a large one: label the regions of "
+             "each mask (scipy.ndimage.label) and average their overlaps."),
+            (per_region(masks, maps, threshold, None),
+             "two pixels that touch only by a corner belong to the same region: label with "
+             "8-connectivity, `ndimage.label(mask, structure=np.ones((3, 3)))`."),
+            (per_region(masks, maps - 1e-9, threshold, np.ones((3, 3))),
+             "a pixel whose value equals the threshold is flagged: compare with `>=`, not `>`."),
+        ]
+
+    eight = np.ones((3, 3))
+    large_and_small = np.zeros((3, 12, 12), dtype=bool)   # the third image has no defect
+    large_and_small[0, 1:9, 1:9] = True                 # 64 pixels, all found
+    large_and_small[1, 9:11, 9:11] = True               # 4 pixels, all missed
+    found = np.zeros((3, 12, 12))
+    found[0, 1:9, 1:9] = 1.0
+    corners = np.zeros((1, 8, 8), dtype=bool)
+    corners[0, [1, 2, 3], [1, 2, 3]] = True             # three pixels on a diagonal: one region
+    corners[0, 5:7, 5:7] = True                         # and a square of four, found
+    corner_map = np.zeros((1, 8, 8))
+    corner_map[0, 1, 1] = 0.9
+    corner_map[0, 5:7, 5:7] = 0.9
+    tie = np.zeros((1, 6, 6), dtype=bool)
+    tie[0, 2, 2:4] = True
+    tie_map = np.zeros((1, 6, 6))
+    tie_map[0, 2, 2:4] = [0.5, 0.2]                     # one pixel exactly at the threshold
+    rng = np.random.default_rng(0)
+    random_masks = rng.random((4, 16, 16)) > 0.85
+    random_maps = rng.random((4, 16, 16)) + 0.5 * random_masks
+    cases = [
+        ("a large region found, a small one missed", large_and_small, found, 0.5),
+        ("a diagonal region and a square", corners, corner_map, 0.5),
+        ("a value equal to the threshold", tie, tie_map, 0.5),
+        ("random masks and maps", random_masks, random_maps, 0.7),
+    ]
+    for case, masks, maps, threshold in cases:
+        result = _call(fn, case, masks.copy(), maps.copy(), threshold)
+        _expect(fn, case, result, per_region(masks, maps, threshold, eight),
+                mistakes(masks, maps, threshold))
+    _ok(f"{getattr(fn, '__name__', 'the function')} gives the per-region overlap on all {len(cases)} cases")
+
+
+def _ssim_terms_reference(x, y, size: int = 11, sigma: float = 1.5, data_range: float = 1.0):
+    """SSIM's luminance term and its contrast-structure term, the two factors of the SSIM map."""
+    import torch
+    import torch.nn.functional as F
+
+    coords = torch.arange(size, dtype=x.dtype) - (size - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
+
+    def mean(t):
+        return F.conv2d(F.pad(t, (size // 2,) * 4, mode="reflect"), window)
+
+    mu_x, mu_y = mean(x), mean(y)
+    var_x, var_y, cov = mean(x * x) - mu_x ** 2, mean(y * y) - mu_y ** 2, mean(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1),
+            (2 * cov + c2) / (var_x + var_y + c2))
+
+
+def check_ch02_ssim_terms(fn: Callable[..., Any]) -> None:
+    """Chapter 2: ``fn(x, y)`` returns SSIM's two factors, ``(luminance, contrast_structure)``.
+
+    For N×1×H×W images, each an N×1×H×W map with the Gaussian window of the chapter (11×11,
+    σ = 1.5, reflected borders, data range 1); their product is the SSIM map.
+    """
+    import torch
+
+    from .losses import ssim_map
+
+    name = getattr(fn, "__name__", "the function")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    darker = (0.7 * x + 0.05 * torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), 3, 1)
+    cases = [("a darker copy", x, darker), ("a blurred copy", x, blurred), ("identical images", x, x.clone())]
+    for case, a, b in cases:
+        luminance, structure = _pair(fn, case, _call(fn, case, a.clone(), b.clone()),
+                                     "(luminance, contrast_structure)")
+        want_l, want_cs = _ssim_terms_reference(a, b)
+        swapped = "the two maps are swapped: return (luminance, contrast_structure), in that order."
+        _expect(fn, case, luminance, want_l, [(want_cs, swapped)], atol=1e-6, what="the luminance map")
+        _expect(fn, case, structure, want_cs, [(want_l, swapped)], atol=1e-6,
+                what="the contrast-structure map")
+        product = (_as_tensor(luminance, "luminance").double()
+                   * _as_tensor(structure, "contrast_structure").double())
+        _expect(fn, case, product, ssim_map(a, b), atol=1e-6,
+                what="luminance × contrast_structure (it should be the SSIM map)")
+    _ok(f"{name}: both factors are right and their product is SSIM on all {len(cases)} cases")
+
+
+def check_ch03_denoising_loss(fn: Callable[..., Any]) -> None:
+    """Chapter 3: ``fn(model, clean, corruption, rng)``, the loss of training with corrupted inputs.
+
+    Corrupt the batch with ``corruption`` (one draw from ``rng`` per image, in order, as
+    ``corrupt_batch`` does), run the model on it, and return the mean squared error between the
+    output and the *clean* batch, as a tensor that can be back-propagated.
+    """
+    import numpy as np
+    import torch
+
+    from .corruption import gaussian_noise
+    from .models.corruption_ae import corrupt_batch
+
+    name = getattr(fn, "__name__", "the function")
+
+    def white_corner(image, rng):
+        corrupted = np.array(image, dtype=np.float32, copy=True)
+        corrupted[:3, :3] = 1.0
+        mask = np.zeros(corrupted.shape[:2], dtype=bool)
+        mask[:3, :3] = True
+        return corrupted, mask
+
+    model = torch.nn.Conv2d(1, 1, 1, bias=False)        # out = 0.5·in: a model that is easy to follow
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    clean = 0.5 * torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cases = [("a white corner", white_corner, 0), ("Gaussian noise from rng", gaussian_noise, 1)]
+    for case, corruption, seed in cases:
+        before = clean.clone()
+        loss = _call(fn, case, model, clean, corruption, np.random.default_rng(seed))
+        _require(torch.equal(clean, before), f"`{name}` changed `clean` in place: corrupt a copy "
+                 "(corrupt_batch returns a new tensor).")
+        corrupted = corrupt_batch(clean, corruption, np.random.default_rng(seed))
+        with torch.no_grad():
+            out, out_clean = model(corrupted), model(clean)
+            expected = ((out - clean) ** 2).mean()
+            mistakes = [
+                (((out - corrupted) ** 2).mean(), "the output is compared with the corrupted input: "
+                 "the target is the clean image, that is the whole idea of the method."),
+                (((out_clean - clean) ** 2).mean(), "the model never saw a corrupted image: corrupt "
+                 "`clean` with `corruption` first (`corrupt_batch(clean, corruption, rng)`)."),
+                (((out - clean) ** 2).sum(), "use the mean of the squared errors, not their sum."),
+            ]
+        try:
+            _expect(fn, case, loss, expected, mistakes)
+        except ExerciseError as error:
+            if corruption is gaussian_noise and "off by" in str(error):
+                raise ExerciseError(
+                    f"{error} With a random corruption, draw each image's corruption from `rng`, "
+                    "one image after the other, as corrupt_batch does."
+                ) from None
+            raise
+        _require(isinstance(loss, torch.Tensor) and loss.requires_grad,
+                 f"`{name}` must return a tensor that keeps its graph (no `.item()`, no "
+                 "`torch.no_grad()`): training back-propagates through it.")
+    _ok(f"{name} computes the loss of training with corrupted inputs and clean targets")
+
+
+def check_ch04_gradient_norm(fn: Callable[..., Any]) -> None:
+    """Chapter 4: ``fn(model, coords)`` returns ‖∇Φ‖ at every coordinate, a tensor of shape (N,).
+
+    ``model`` maps N×2 coordinates to N×1 values; the gradient is taken by autograd with respect to
+    the coordinates (which arrive without ``requires_grad``).
+    """
+    import torch
+
+    from .models.siren import Siren, coordinate_grid, gradient
+
+    name = getattr(fn, "__name__", "the function")
+    plane = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        plane.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        plane.bias.fill_(0.5)
+    torch.manual_seed(0)
+    siren = Siren(2, 16, hidden_layers=1)
+    coords = coordinate_grid(6)
+    for case, model in [("a plane of slope 5", plane), ("a small SIREN", siren)]:
+        try:
+            result = _call(fn, case, model, coords.clone())
+        except ExerciseError as error:
+            if "does not require grad" in str(error):
+                raise ExerciseError(f"{error} — the coordinates arrive without gradients: take a "
+                                    "copy with `coords.clone().requires_grad_(True)` before the "
+                                    "forward pass.") from None
+            raise
+        points = coords.clone().requires_grad_(True)
+        grad = gradient(model(points), points).detach()
+        mistakes = [
+            ((grad ** 2).sum(1), "this is the squared norm: take the square root (`grad.norm(dim=1)`)."),
+            (grad.abs().sum(1), "this is the L1 norm |∂Φ/∂y| + |∂Φ/∂x|: use the Euclidean norm."),
+            (grad, "this is the gradient itself: return its norm, one number per point "
+                   "(`grad.norm(dim=1)`)."),
+            (grad.norm(dim=1, keepdim=True), "return a tensor of shape (N,), one number per point "
+             "(`grad.norm(dim=1)`, without keepdim)."),
+        ]
+        _expect(fn, case, result, grad.norm(dim=1), mistakes, atol=1e-5, rtol=1e-4)
+    _ok(f"{name} gives |∇Φ| at every point, by autograd")
+
+
+def check_ch05a_critic_loss(fn: Callable[..., Any]) -> None:
+    """Chapter 5a: ``fn(critic, real, fake, gp_weight=10.0, generator=None)``, a WGAN-GP critic's loss.
+
+    −(mean C(real) − mean C(fake)) + gp_weight · penalty, with the two-sided gradient penalty on
+    interpolates of ``real`` and ``fake``; the check uses linear critics, whose gradient is known.
+    """
+    import torch
+
+    name = getattr(fn, "__name__", "the function")
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(6, 1, 2, 2, generator=g), torch.rand(6, 1, 2, 2, generator=g) - 0.3
+    for case, norm, weight in [("slope 2, λ = 10", 2.0, 10.0), ("slope 3, λ = 2.5", 3.0, 2.5),
+                               ("slope 1: no penalty", 1.0, 10.0)]:
+        critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1))
+        with torch.no_grad():
+            critic[1].weight.copy_(torch.tensor([[0.6, 0.0, 0.8, 0.0]]) * norm)
+            critic[1].bias.fill_(0.3)
+        loss = _call(fn, case, critic, real.clone(), fake.clone(), gp_weight=weight)
+        with torch.no_grad():
+            distance = critic(real).mean() - critic(fake).mean()
+        penalty = (norm - 1.0) ** 2
+        mistakes = [
+            (distance + weight * penalty, "the sign of the distance is wrong: the critic *maximises* "
+             "mean C(real) − mean C(fake), so its loss is −distance + λ·penalty."),
+            (-distance, "the gradient penalty is missing: add gp_weight · (‖∇C(x̂)‖ − 1)², averaged "
+             "over the interpolates."),
+            (-distance + penalty, "the penalty is not multiplied by `gp_weight`."),
+            (distance - weight * penalty, "both signs are reversed: the loss is −distance + λ·penalty."),
+        ]
+        _expect(fn, case, loss, -distance + weight * penalty, mistakes, atol=1e-4, rtol=1e-4)
+        _require(isinstance(loss, torch.Tensor) and loss.requires_grad,
+                 f"`{name}` must return a tensor connected to the critic's weights (no `.item()`, "
+                 "no `torch.no_grad()`), or the critic step cannot back-propagate it.")
+    _ok(f"{name} gives the WGAN-GP critic loss on linear critics")
+
+
+def check_ch05b_mahalanobis_pixels(fn: Callable[..., Any]) -> None:
+    """Chapter 5b: ``fn(l_r, l_d, mean, cov)``, the Mahalanobis distance of every pixel's pair.
+
+    ``l_r`` and ``l_d`` are N×H×W maps; ``mean`` (2,) and ``cov`` (2×2) describe the pair
+    (L_R, L_D) on normal pixels. Returns the N×H×W map √((v − μ)ᵀ Σ⁻¹ (v − μ)).
+    """
+    import numpy as np
+
+    name = getattr(fn, "__name__", "the function")
+    rng = np.random.default_rng(0)
+    base = rng.random((2, 4, 5))
+    l_r, l_d = 0.3 + 0.2 * base, 0.5 + 0.2 * base + 0.3 * rng.random((2, 4, 5))
+    mean = np.array([0.35, 0.6])
+    for case, cov in [("independent, unit variances", np.eye(2)),
+                      ("correlated losses", np.array([[0.04, 0.018], [0.018, 0.09]]))]:
+        result = _call(fn, case, l_r.copy(), l_d.copy(), mean.copy(), cov.copy())
+        v = np.stack([l_r - mean[0], l_d - mean[1]], axis=-1)
+        squared = np.einsum("...i,ij,...j->...", v, np.linalg.inv(cov), v)
+        raw = np.stack([l_r, l_d], axis=-1)
+        z = np.sqrt(((v / np.sqrt(np.diag(cov))) ** 2).sum(-1))
+        mistakes = [
+            (squared, "this is the squared distance: take the square root."),
+            (np.sqrt(np.einsum("...i,ij,...j->...", v, cov, v)), "Σ is used where its inverse "
+             "belongs: the distance is √(vᵀ Σ⁻¹ v) (`np.linalg.inv(cov)`)."),
+            (np.sqrt(np.einsum("...i,ij,...j->...", raw, np.linalg.inv(cov), raw)),
+             "the losses are not centred: subtract the normal mean from (L_R, L_D) first."),
+            (z, "this divides each loss by its own standard deviation and ignores how L_R and L_D "
+                "vary together: use the inverse of the whole 2×2 covariance."),
+        ]
+        _expect(fn, case, result, np.sqrt(squared), mistakes, atol=1e-6, rtol=1e-5)
+    _ok(f"{name} gives the Mahalanobis distance of (L_R, L_D) at every pixel")
+
+
+def check_ch06_negative_elbo(fn: Callable[..., Any]) -> None:
+    """Chapter 6: ``fn(x_hat, x, mu, logvar, beta=1.0)``, the VAE's loss per pixel, batch mean.
+
+    (BCE summed over an image's pixels + β·KL) divided by the number of pixels, averaged over the
+    batch — what ``adcourse.models.vae_gan.vae_loss`` returns first.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    name = getattr(fn, "__name__", "the function")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 4, 4, generator=g)
+    x_hat = torch.sigmoid(torch.randn(3, 1, 4, 4, generator=g))
+    mu, logvar = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    d = x[0].numel()
+    bce = F.binary_cross_entropy(x_hat, x, reduction="none").flatten(1).sum(1)
+    kl = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(1)
+    for case, beta in [("β = 1", 1.0), ("β = 4", 4.0)]:
+        result = _call(fn, case, x_hat.clone(), x.clone(), mu.clone(), logvar.clone(), beta=beta)
+        mistakes = [
+            ((bce / d).mean(), "the KL term is missing: add β·KL(q(z|x) ‖ N(0, I)), "
+             "½ Σ (μ² + σ² − log σ² − 1) per image."),
+            ((bce / d + beta * kl).mean(), "the KL term must be divided by the number of pixels "
+             "too: the whole loss (BCE + β·KL) is per pixel."),
+            ((bce + beta * kl).mean(), "divide by the number of pixels of an image "
+             "(`x[0].numel()`): the loss is per pixel."),
+            (((bce - beta * kl) / d).mean(), "the KL term enters with a minus sign: the loss is the "
+             "*negative* ELBO, BCE + β·KL."),
+            (((bce + kl) / d).mean(), "the KL term is not multiplied by `beta`."),
+        ]
+        _expect(fn, case, result, ((bce + beta * kl) / d).mean(), mistakes, atol=1e-5, rtol=1e-5)
+    _ok(f"{name} gives the negative ELBO per pixel")
+
+
+def check_ch07_squash(fn: Callable[..., Any]) -> None:
+    """Chapter 7: ``fn(s, a=1.0, dim=-1)``, the squash with the thesis's constant ``a``.
+
+    ‖s‖²/(a + ‖s‖²) · s/‖s‖ along ``dim``, and a zero vector for a zero vector (not NaN).
+    """
+    import torch
+
+    name = getattr(fn, "__name__", "the function")
+
+    def squash(s, a=1.0, dim=-1):
+        norm2 = (s ** 2).sum(dim=dim, keepdim=True)
+        safe = torch.where(norm2 > 0, norm2, torch.ones_like(norm2))
+        return torch.where(norm2 > 0, norm2 / (a + norm2) * s / safe.sqrt(), torch.zeros_like(s))
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.logspace(-1, 2, 6)[:, None]
+    directions = torch.randn(6, 8, generator=g)
+    s = directions / directions.norm(dim=1, keepdim=True) * lengths
+    capsules = torch.randn(2, 4, 3, generator=g)                  # N × dim × capsules: vectors along dim 1
+    with_zero = torch.cat([s[:2], torch.zeros(1, 8)])
+    cases = [("lengths from 0.1 to 100", s, {}),
+             ("a = 0.5", s, {"a": 0.5}),
+             ("vectors along dim 1", capsules, {"dim": 1}),
+             ("a zero vector among others", with_zero, {})]
+    for case, value, options in cases:
+        result = _call(fn, case, value.clone(), **options)
+        if torch.is_tensor(result) and bool(result.isnan().any()):
+            raise ExerciseError(
+                f"`{name}` returns NaN on case '{case}': a zero vector gives 0/0. Divide by "
+                "√(‖s‖² + ε) with a small ε, or return zeros where ‖s‖ = 0 (`torch.where`)."
+            )
+        a = options.get("a", 1.0)
+        mistakes = []
+        if a != 1.0:
+            mistakes.append((squash(value, 1.0, options.get("dim", -1)),
+                             "the constant `a` is ignored: it replaces the 1 in ‖s‖²/(a + ‖s‖²)."))
+        if "dim" in options:
+            mistakes.append((squash(value, a, -1), "the norm is taken along the wrong dimension: "
+                             "use `dim`, e.g. `(s ** 2).sum(dim=dim, keepdim=True)`."))
+        _expect(fn, case, result, squash(value, **options), mistakes, atol=1e-6, rtol=1e-4)
+    _ok(f"{name} squashes with any constant a, along any dimension, and maps 0 to 0")
+
+
+def check_ch08_pyramid_features(fn: Callable[..., Any]) -> None:
+    """Chapter 8: ``fn(fmap, bins=(8, 4, 2, 1), dim=8)``, PIADE's features u_i from a feature map.
+
+    Average-pool the N×C×h×w map to each k×k grid of ``bins``, flatten each level channel first
+    (``flatten(1)``), concatenate the levels in the order of ``bins`` and cut the N rows into
+    vectors of ``dim`` numbers: an N × n × ``dim`` tensor.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    name = getattr(fn, "__name__", "the function")
+
+    def pyramid(fmap, bins, dim, pool=F.adaptive_avg_pool2d, flat=lambda t: t.flatten(1)):
+        return torch.cat([flat(pool(fmap, k)) for k in bins], 1).reshape(len(fmap), -1, dim)
+
+    def channels_last(t):
+        return t.permute(0, 2, 3, 1).flatten(1)
+
+    g = torch.Generator().manual_seed(0)
+    cases = [("the chapter's pyramid, 16 channels", torch.randn(2, 16, 8, 8, generator=g), {}),
+             ("bins (4, 2, 1), vectors of 4", torch.randn(3, 4, 4, 4, generator=g),
+              {"bins": (4, 2, 1), "dim": 4})]
+    for case, fmap, options in cases:
+        bins, dim = options.get("bins", (8, 4, 2, 1)), options.get("dim", 8)
+        result = _call(fn, case, fmap.clone(), **options)
+        mistakes = [
+            (pyramid(fmap, bins, dim, pool=F.adaptive_max_pool2d), "this pools with the maximum: "
+             "PIADE averages each cell (`F.adaptive_avg_pool2d`)."),
+            (pyramid(fmap, bins[::-1], dim), "the levels are concatenated in reverse: keep the "
+             "order of `bins`, the finest grid first."),
+            (pyramid(fmap, bins, dim, flat=channels_last), "each level is flattened channel last: "
+             "flatten the N×C×k×k level as it is (`flatten(1)`), channel first."),
+        ]
+        _expect(fn, case, result, pyramid(fmap, bins, dim), mistakes, atol=1e-6)
+    _ok(f"{name} pools the pyramid and cuts it into PIADE's features")
+
+
+def check_ch09_weighted_component_nll(fn: Callable[..., Any]) -> None:
+    """Chapter 9: ``fn(y, logits, means, scales)``, the published code's loss Σ_k w_k (−log N_k).
+
+    Shapes as for ``adcourse.losses.mixture_nll``: ``y`` …×D, ``logits`` …×K, ``means`` and
+    ``scales`` …×K×D; one value per vector, with w = softmax(logits).
+    """
+    import math
+
+    import torch
+
+    from .losses import mixture_nll
+
+    name = getattr(fn, "__name__", "the function")
+
+    def log_normal(y, means, scales, constant=True):
+        z = (y.unsqueeze(-2) - means) / scales
+        terms = -0.5 * z ** 2 - torch.log(scales)
+        return terms.sum(-1) - (0.5 * y.shape[-1] * math.log(2 * math.pi) if constant else 0.0)
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for case, batch in [("five vectors, K = 3", (5,)), ("a batch of sequences, K = 3", (2, 3))]:
+        y = torch.randn(*batch, 4, generator=g)
+        logits = torch.randn(*batch, 3, generator=g)
+        means = torch.randn(*batch, 3, 4, generator=g)
+        scales = 0.5 + torch.rand(*batch, 3, 4, generator=g)
+        cases.append((case, y, logits, means, scales))
+    for case, y, logits, means, scales in cases:
+        result = _call(fn, case, y.clone(), logits.clone(), means.clone(), scales.clone())
+        weights = torch.softmax(logits, -1)
+        expected = -(weights * log_normal(y, means, scales)).sum(-1)
+        mistakes = [
+            (mixture_nll(y, logits, means, scales), "this is the mixture NLL −log Σ_k w_k N_k (the "
+             "paper's loss). The code's loss weights each component's own NLL: Σ_k w_k·(−log N_k)."),
+            (-(logits * log_normal(y, means, scales)).sum(-1), "the logits are used as weights: turn "
+             "them into weights with a softmax first."),
+            (-(weights * log_normal(y, means, scales, constant=False)).sum(-1), "the constant "
+             "−(D/2)·log 2π of each Gaussian's log-density is missing."),
+        ]
+        _expect(fn, case, result, expected, mistakes, atol=1e-5, rtol=1e-5)
+    _ok(f"{name} gives the code's loss, an upper bound of the mixture NLL (Jensen)")
+
+
+def check_ch10_position_gaussians(fn: Callable[..., Any]) -> None:
+    """Chapter 10: ``fn(features, epsilon=0.01)``, PaDiM's step 2 — one Gaussian per position.
+
+    For N×D×h×w features returns ``(means, covariances)``: (h·w)×D and (h·w)×D×D, positions
+    numbered row by row (p = row·w + col), covariances unbiased (N − 1) plus ε·I.
+    """
+    import torch
+
+    name = getattr(fn, "__name__", "the function")
+
+    def gaussians(features, epsilon, order=(2, 3, 0, 1), ddof=1, regularise=True):
+        n, d, h, w = features.shape
+        x = features.permute(*order).reshape(h * w, n, d).double()
+        mean = x.mean(1)
+        centred = x - mean[:, None]
+        cov = centred.transpose(1, 2) @ centred / (n - ddof)
+        return mean, cov + (epsilon * torch.eye(d, dtype=x.dtype) if regularise else 0)
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(5, 3, 2, 3, generator=g)
+    for case, options in [("ε = 0.01", {}), ("ε = 0.5", {"epsilon": 0.5})]:
+        epsilon = options.get("epsilon", 0.01)
+        means, covariances = _pair(fn, case, _call(fn, case, features.clone(), **options),
+                                   "(means, covariances)")
+        want_mean, want_cov = gaussians(features, epsilon)
+        by_column = gaussians(features, epsilon, order=(3, 2, 0, 1))
+        row_by_row = ("the positions are numbered column by column: number them row by row, "
+                      "p = row·w + col (`features.permute(2, 3, 0, 1).reshape(h * w, N, D)`).")
+        _expect(fn, case, means, want_mean, [(by_column[0], row_by_row)], atol=1e-5, rtol=1e-4,
+                what="the means")
+        _expect(fn, case, covariances, want_cov, [
+            (by_column[1], row_by_row),
+            (gaussians(features, epsilon, ddof=0)[1], "the covariance is divided by N: the "
+             "unbiased estimate divides by N − 1."),
+            (gaussians(features, epsilon, regularise=False)[1], "ε·I is missing: add `epsilon` "
+             "times the identity, which keeps Σ invertible with fewer images than dimensions."),
+        ], atol=1e-5, rtol=1e-4, what="the covariances")
+    _ok(f"{name} fits one regularised Gaussian per position")
+
+
+# ---------------------------------------------------------------------------------------------
 # Student version of the notebooks
 # ---------------------------------------------------------------------------------------------
 
@@ -269,7 +831,11 @@ BEGIN_RE = re.compile(r"^(?P<indent>[ \t]*)#\s*BEGIN SOLUTION\s*$")
 END_RE = re.compile(r"^[ \t]*#\s*END SOLUTION\s*$")
 ANY_MARKER_RE = re.compile(r"#\s*(BEGIN|END) SOLUTION\b")
 SOLUTION_TAG = "solution"
-STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
+# The stub says what to do, wherever it is first called (in a check, which turns it into the
+# exercise's own hint, or in a plain cell).
+STUB = ("# YOUR CODE HERE",
+        'raise NotImplementedError("exercise not written yet: replace this line with your code, then run '
+        'this cell and the check after it")')
 # A fence opening: backticks, tildes or colons (MyST colon_fence), then an info string. A
 # directive has an info string that starts with "{name}".
 FENCE_OPEN_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,}|:{3,})\s*(?P<info>.*)$")
@@ -295,7 +861,7 @@ def strip_code_solution(
 ) -> str:
     """Replace every ``# BEGIN SOLUTION`` ... ``# END SOLUTION`` block by the stub.
 
-    The stub (``# YOUR CODE HERE`` then ``raise NotImplementedError``) takes the indentation of
+    The stub (``# YOUR CODE HERE`` then ``raise NotImplementedError("...")``) takes the indentation of
     the ``BEGIN`` line. Unbalanced or nested markers raise :class:`StudentVersionError`.
     """
     out: list[str] = []
@@ -418,6 +984,8 @@ def _clean_metadata(metadata: dict) -> None:
 
 def make_student_notebook(nb, name: str | os.PathLike = "<notebook>"):
     """Return the student version of a notebook (``nbformat.NotebookNode``); ``nb`` is untouched."""
+    from .notebooks import BADGE_RE
+
     nb = copy.deepcopy(nb)
     for index, cell in enumerate(nb.cells):
         source = cell.get("source", "")
@@ -437,6 +1005,9 @@ def make_student_notebook(nb, name: str | os.PathLike = "<notebook>"):
             cell["outputs"] = []
             cell["execution_count"] = None
         elif cell.cell_type == "markdown":
+            # The Colab badge opens the notebook of the repository, solutions included: not this one.
+            if BADGE_RE.search(source):
+                source = re.sub(r"\n{3,}", "\n\n", BADGE_RE.sub("", source))
             cell["source"] = strip_markdown_solutions(source, name, index)
         else:
             cell["source"] = source
@@ -483,7 +1054,9 @@ def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.Pat
             student = make_student_notebook(nb, path)
             nbformat.validate(student)
             nbformat.write(student, tmp / path.name)
+            os.chmod(tmp / path.name, 0o644)  # whatever the umask: the folder is handed out
             written.append(output_dir / path.name)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         old = None
         if output_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))

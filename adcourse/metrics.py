@@ -2,6 +2,10 @@
 
 Convention everywhere: label / mask 1 = anomalous, and a higher score means more anomalous.
 Inputs may be numpy arrays, lists or torch tensors (any device); results are plain floats.
+
+Every metric checks its inputs and raises a ``ValueError`` that says what is wrong: labels other
+than 0/1, one label per score, NaN or infinite scores, and a single class (an AUROC needs normal
+and anomalous images, a pixel AUROC defect and defect-free pixels).
 """
 
 import numpy as np
@@ -16,14 +20,51 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
+def _classes(values: np.ndarray, metric: str, what: str, names: tuple[str, str]) -> None:
+    """``values`` (image labels, or mask pixels) must be 0/1 and hold both."""
+    if values.size and not np.isin(values, (0, 1)).all():
+        found = np.unique(values[~np.isin(values, (0, 1))])[:5]
+        hint = " (a mask read from a PNG is often 0/255: use mask > 0)" if what == "masks" else ""
+        raise ValueError(f"{metric}: {what} must be binary, 0 ({names[0]}) or 1 ({names[1]}); found values "
+                         f"{found.tolist()}{hint}")
+    present = np.unique(values).astype(int).tolist()
+    if len(present) < 2:
+        unit = "labels" if what == "labels" else "pixels"
+        got = f"only {present[0]}" if present else f"no {unit} at all"
+        if what == "masks" and present:
+            got += " (no defect pixel)" if present == [0] else " (no defect-free pixel)"
+        raise ValueError(f"{metric} needs both {names[0]} (0) and {names[1]} (1) {unit}; got {got}")
+
+
+def _image_inputs(labels, scores, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check one 0/1 label and one finite score per image, both classes present."""
+    labels, scores = _to_numpy(labels), _to_numpy(scores)
+    if labels.ndim != 1 or scores.ndim != 1:
+        raise ValueError(f"{metric}: labels and scores must be 1-D, one per image; got shapes {labels.shape} and "
+                         f"{scores.shape}" + (" (use .ravel())" if 1 in scores.shape[1:] else ""))
+    if len(labels) != len(scores):
+        raise ValueError(f"{metric}: {len(labels)} labels but {len(scores)} scores; give one of each per image")
+    try:
+        scores = scores.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{metric}: scores must be numbers, got {scores.dtype}") from error
+    _classes(labels, metric, "labels", ("normal", "anomalous"))
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise ValueError(f"{metric}: scores must be finite; NaN or infinite at image(s) {bad[:5].tolist()}")
+    return labels.astype(int), scores
+
+
 def image_auroc(labels, scores):
     """Area under the ROC curve of image scores."""
-    return float(roc_auc_score(_to_numpy(labels), _to_numpy(scores)))
+    labels, scores = _image_inputs(labels, scores, "image_auroc")
+    return float(roc_auc_score(labels, scores))
 
 
 def image_aupr(labels, scores):
     """Area under the precision-recall curve (average precision), anomalies as positives."""
-    return float(average_precision_score(_to_numpy(labels), _to_numpy(scores)))
+    labels, scores = _image_inputs(labels, scores, "image_aupr")
+    return float(average_precision_score(labels, scores))
 
 
 def best_tpr_tnr(labels, scores):
@@ -32,14 +73,16 @@ def best_tpr_tnr(labels, scores):
     An image is called anomalous when score >= threshold. Among equally good thresholds the
     highest wins. Returns ``dict(threshold, tpr, tnr)``.
     """
-    fpr, tpr, thresholds = roc_curve(_to_numpy(labels), _to_numpy(scores))
+    labels, scores = _image_inputs(labels, scores, "best_tpr_tnr")
+    fpr, tpr, thresholds = roc_curve(labels, scores)
     # roc_curve's first point is threshold = inf (nothing flagged): not a usable threshold.
     best = 1 + np.argmax(tpr[1:] - fpr[1:])  # TPR + TNR = TPR + 1 - FPR
     return dict(threshold=float(thresholds[best]), tpr=float(tpr[best]), tnr=float(1 - fpr[best]))
 
 
-def _pixel_inputs(masks, maps):
-    """Check and reshape ground-truth masks and anomaly maps to N×H×W (bool, float)."""
+def _pixel_inputs(masks, maps, metric: str):
+    """Check and reshape ground-truth masks and anomaly maps to N×H×W (bool, float); the masks
+    must hold defect and defect-free pixels."""
     masks, maps = _to_numpy(masks), _to_numpy(maps)
 
     def to_nhw(x):
@@ -49,20 +92,21 @@ def _pixel_inputs(masks, maps):
 
     masks, maps = to_nhw(masks), to_nhw(maps)
     if masks.shape != maps.shape or masks.ndim != 3:
-        raise ValueError(f"masks {masks.shape} and maps {maps.shape} must have the same shape, "
+        raise ValueError(f"{metric}: masks {masks.shape} and maps {maps.shape} must have the same shape, "
                          "N×H×W or N×1×H×W")
-    if not np.isin(masks, (0, 1)).all():
-        raise ValueError(f"masks must be binary (0/1 or bool); found values {np.unique(masks)[:5]}"
-                         " (a mask read from a PNG is often 0/255: use mask > 0)")
-    maps = maps.astype(np.float64)
-    if np.isnan(maps).any():
-        raise ValueError("maps contain NaN")
+    _classes(masks, metric, "masks", ("defect-free", "defect"))
+    try:
+        maps = maps.astype(np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{metric}: maps must be numbers, got {maps.dtype}") from error
+    if not np.isfinite(maps).all():
+        raise ValueError(f"{metric}: maps must be finite; they contain NaN or infinite values")
     return masks.astype(bool), maps
 
 
 def pixel_auroc(masks, maps):
     """ROC AUC over all pixels of all images."""
-    masks, maps = _pixel_inputs(masks, maps)
+    masks, maps = _pixel_inputs(masks, maps, "pixel_auroc")
     return float(roc_auc_score(masks.ravel(), maps.ravel()))
 
 
@@ -76,13 +120,15 @@ def pro_curve(masks, maps, fpr_limit=0.3):
     Every distinct map value is a threshold. The last point is interpolated at ``fpr_limit``.
     Returns ``(fprs, pros)``, both non-decreasing.
     """
-    if not 0 < fpr_limit <= 1:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    masks, maps = _pixel_inputs(masks, maps)
-    if not masks.any():
-        raise ValueError("masks have no defect pixel: PRO needs at least one anomalous region")
-    if masks.all():
-        raise ValueError("masks have no defect-free pixel: the false-positive rate is undefined")
+    return _pro_curve(masks, maps, fpr_limit, "pro_curve")
+
+
+def _pro_curve(masks, maps, fpr_limit, metric: str):
+    """:func:`pro_curve`, its errors naming ``metric``."""
+    if isinstance(fpr_limit, bool) or not isinstance(fpr_limit, (int, float, np.integer, np.floating)) \
+            or not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}")
+    masks, maps = _pixel_inputs(masks, maps, metric)
 
     within_image = np.zeros((3, 3, 3), dtype=int)
     within_image[1] = 1  # 3×3 ones: 8-connected inside an image, never across images
@@ -110,5 +156,5 @@ def pro_curve(masks, maps, fpr_limit=0.3):
 
 def aupro(masks, maps, fpr_limit=0.3):
     """Area under the PRO curve up to ``fpr_limit`` (trapezoid rule), divided by ``fpr_limit``."""
-    fprs, pros = pro_curve(masks, maps, fpr_limit)
+    fprs, pros = _pro_curve(masks, maps, fpr_limit, "aupro")
     return min(1.0, float(auc(fprs, pros)) / fpr_limit)  # min: float rounding only

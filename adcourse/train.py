@@ -144,6 +144,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, map_locatio
     return payload
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model``; with ``trainable_only``, only those that require a gradient
+    (the weights of a frozen backbone are left out)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

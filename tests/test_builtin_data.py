@@ -75,3 +75,50 @@ def test_digits_split_is_disjoint():
     normal_test = test.images[torch.from_numpy(test.labels == 0)]
     assert torch.cdist(normal_test.flatten(1), train.images.flatten(1)).min() > 0
     assert np.isclose(train.images.max().item(), 1.0)
+
+
+@pytest.mark.parametrize("normal_class, error, message", [
+    ("3", TypeError, r"normal_class must be an int \(0–9\), got the string '3': pass 3, not '3'"),
+    (3.0, TypeError, "got float 3.0"),
+    (True, TypeError, "got bool True"),
+    (None, TypeError, "got NoneType None"),
+    (-1, ValueError, "normal_class must be one of 0–9, got -1"),
+    (10, ValueError, "normal_class must be one of 0–9, got 10"),
+])
+def test_one_class_digits_normal_class_must_be_an_int_from_0_to_9(normal_class, error, message):
+    with pytest.raises(error, match=message) as raised:
+        OneClassDigits(normal_class)
+    assert isinstance(raised.value, DatasetError)
+
+
+def test_one_class_digits_takes_numpy_ints_and_checks_its_other_arguments():
+    assert OneClassDigits(np.int64(3), image_size=8).normal_class == 3
+    with pytest.raises(ValueError, match="split"):
+        OneClassDigits(3, "tset")
+    with pytest.raises(ValueError, match="image_size must be at least 1"):
+        OneClassDigits(3, image_size=0)
+    with pytest.raises(ValueError, match="seed must be at least 0"):
+        OneClassDigits(3, seed=-1)
+    with pytest.raises(TypeError, match="anomaly_fraction must be a number"):
+        OneClassDigits(3, anomaly_fraction="0.1")
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(n=0), ValueError, "n must be at least 1"),
+    (dict(n=2.5), TypeError, "n must be an int"),
+    (dict(patch_size="64"), TypeError, "patch_size must be an int"),
+    (dict(patch_size=4), ValueError, "patch_size must be at least 8"),
+    (dict(seed=-1), ValueError, "seed must be at least 0"),
+    (dict(train_rows=1.0), ValueError, r"train_rows must be in \(0, 1\)"),
+    (dict(defects=[]), ValueError, "defects is empty"),
+    (dict(defects=["stain", "crack"]), ValueError, r"Unknown defect 'crack'"),
+    (dict(texture=3), ValueError, "Unknown texture 3"),
+])
+def test_texture_arguments_are_checked(arguments, error, message):
+    with pytest.raises(error, match=message):
+        TextureDefects(**{"texture": "brick", "split": "test", "n": 8, **arguments})
+
+
+def test_texture_defects_takes_one_defect_name_as_a_string():
+    test = TextureDefects("brick", "test", n=8, patch_size=16, defects="stain")
+    assert set(test.defect_types) == {"good", "stain"}

@@ -216,9 +216,49 @@ class _FakeTorchvision(torch.utils.data.Dataset):
 
 
 def test_imbalanced_torchvision_protocol():
-    train, test = imbalanced_torchvision("MNIST", 3, 0.1, train_base=_FakeTorchvision(18, 0),
+    train, test = imbalanced_torchvision("MNIST", 3, 0.1, train_base=_FakeTorchvision(60, 0),
                                          test_base=_FakeTorchvision(4, 1))
     assert isinstance(train, InMemoryAnomalyDataset)
-    assert (train.labels == 0).sum() == 18 and (train.labels == 1).sum() == 2   # 10 % of 20
-    assert train.images.shape == (20, 1, 28, 28)
+    # as in the thesis, 10 % of the normal images (6, not 7 = 10 % of the whole training set)
+    assert (train.labels == 0).sum() == 60 and (train.labels == 1).sum() == 6
+    assert train.images.shape == (66, 1, 28, 28)
     assert len(test) == 8 and test.labels.sum() == 4                            # balanced test split
+
+
+def test_loaded_detector_keeps_its_calibrated_threshold(tmp_path):
+    torch.manual_seed(0)
+    train = OneClassDigits(1, "train", anomaly_fraction=0.05)
+    images = OneClassDigits(1, "test").images[:10]
+    det = CapsNetDetector(device="cpu", **TINY).fit(train, "quick")
+    loaded = detectors.load(det.save(tmp_path / "capsnet.pt"))
+    assert loaded.threshold == det.threshold is not None
+    np.testing.assert_array_equal(loaded.decide(images), det.decide(images))
+    np.testing.assert_array_equal(loaded.details(images)["score"], det.details(images)["score"])
+
+
+def test_detector_refuses_items_without_labels_and_a_training_set_of_anomalies_only():
+    images = OneClassDigits(1, "test").images[:8]
+    with pytest.raises(ValueError, match="supervised.*'label'"):
+        CapsNetDetector(device="cpu", **TINY).fit(_ImagesOnly(images))
+    with pytest.raises(ValueError, match="all 8 training images are labelled anomalies"):
+        CapsNetDetector(device="cpu", **TINY).fit(InMemoryAnomalyDataset(images, np.ones(8, dtype=int)))
+
+
+class _ImagesOnly(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i]}
+
+
+@pytest.mark.parametrize("bad, match", [(dict(calibration_fraction=1.0), r"calibration_fraction=1.0 .*\[0, 1\)"),
+                                        (dict(calibration_quantile=1.5), r"calibration_quantile=1.5"),
+                                        (dict(decoder_hidden=(8, 0)), r"decoder_hidden=\(8, 0\)"),
+                                        (dict(routing_iterations=0), r"routing_iterations=0")])
+def test_out_of_range_capsnet_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CapsNetDetector.Settings(**bad)

@@ -176,7 +176,7 @@ def test_registered_detectors_fit_and_predict(name, tiny):
 def test_one_network_scored_three_ways(tiny):
     train, test = tiny
     torch.manual_seed(0)
-    detector = CorruptionAEDetector("aesc", "gaussian", epochs=1, width=4, batch_size=8, mc_samples=3).fit(train)
+    detector = CorruptionAEDetector(arch="aesc", corruption="gaussian", epochs=1, width=4, batch_size=8, mc_samples=3).fit(train)
     for scoring in ("residual", "mcd"):
         scores, maps = detector.predict_with(test.images, scoring)
         assert scores.shape == (8,) and maps.shape == (8, 32, 32)
@@ -187,7 +187,7 @@ def test_one_network_scored_three_ways(tiny):
     assert scores.shape == (8,) and maps is None
     assert detector.network.depth == 3  # lowered from the profile's 4 so that the bottleneck keeps 4×4
     assert len(activations(detector.network, test.images)) == 2 * 3 - 1
-    no_dropout = CorruptionAEDetector("aesc", "none", dropout=0.0, epochs=1, width=4, batch_size=8).fit(train)
+    no_dropout = CorruptionAEDetector(arch="aesc", corruption="none", dropout=0.0, epochs=1, width=4, batch_size=8).fit(train)
     with pytest.raises(ValueError, match="dropout"):
         no_dropout.predict_with(test.images, "mcd")
 
@@ -195,7 +195,56 @@ def test_one_network_scored_three_ways(tiny):
 def test_detector_refuses_bad_options():
     with pytest.raises(ValueError, match="corruption"):
         CorruptionAEDetector(corruption="jpeg")
-    with pytest.raises(ValueError, match="scoring"):
+    with pytest.raises(TypeError, match="scoring"):
         CorruptionAEDetector(scoring="ssim")
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(TypeError, match="arch"):
         CorruptionAEDetector(arch="unet")
+
+
+def test_gaussian_activation_scorer_state_scores_as_sklearn():
+    torch.manual_seed(0)
+    layers = [torch.randn(300, 8, 4, 4), torch.randn(300, 16, 2, 2)]
+    scorer = GaussianActivationScorer(dim=10, reduce="sample", seed=1).fit(layers)
+    test = [layer[:20] + 0.5 for layer in layers]
+    by_sklearn = np.stack([g.mahalanobis(scorer.vectors(i, a)) / 10
+                           for i, (g, a) in enumerate(zip(scorer.gaussians, test))])
+    np.testing.assert_array_equal(scorer.layer_scores(test), by_sklearn)
+    restored = GaussianActivationScorer.from_state(scorer.state())
+    np.testing.assert_array_equal(restored.layer_scores(test), by_sklearn)
+
+
+def test_saved_detector_scores_all_three_ways_as_the_original(tiny, tmp_path):
+    train, test = tiny
+    torch.manual_seed(0)
+    detector = detectors.create("aesc_stain", device="cpu", epochs=1, width=4, batch_size=8, mc_samples=3).fit(train)
+    loaded = detectors.load(detector.save(tmp_path / "aesc.pt"))
+    for scoring in ("residual", "mcd", "gaussian"):
+        scores, maps = detector.predict_with(test.images, scoring)
+        loaded_scores, loaded_maps = loaded.predict_with(test.images, scoring)
+        np.testing.assert_array_equal(loaded_scores, scores)
+        assert (maps is None) == (loaded_maps is None) and (maps is None or np.array_equal(loaded_maps, maps))
+
+
+def test_a_corruption_function_trains_but_cannot_be_saved(tiny, tmp_path):
+    train, test = tiny
+
+    def half_stain(image, rng):
+        return stain(image, rng)
+
+    detector = CorruptionAEDetector(arch="ae", corruption=half_stain, device="cpu", epochs=1, width=4, batch_size=8)
+    assert detector.name == "ae_half_stain"
+    scores, maps = detector.fit(train).predict(test.images)
+    assert scores.shape == (8,) and np.isfinite(maps).all()
+    with pytest.raises(TypeError, match=r"\['corruption'\].*named options"):
+        detector.save(tmp_path / "custom.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad, match", [(dict(dropout=1.0), r"dropout=1.0 is out of range"),
+                                        (dict(dropout=(0.1, "x")), r"dropout=\(0.1, 'x'\)"),
+                                        (dict(mc_samples=1), r"mc_samples=1 is out of range.*at least 2"),
+                                        (dict(corruption_pool=0), r"corruption_pool=0"),
+                                        (dict(epochs=0), r"epochs=0 is out of range.*at least 1")])
+def test_out_of_range_settings_are_refused_at_creation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CorruptionAEDetector(**bad)

@@ -69,6 +69,18 @@ def test_evaluate_skips_pixel_metrics_without_masks():
     assert result["image_auroc"] == 1.0 and result["pixel_auroc"] is None and result["aupro"] is None
 
 
+def test_evaluate_per_defect_type_against_every_normal_image():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    defects = np.array(["good", "good", "good", "stain", "stain", "scratch", "perlin"])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.25, 0.0])
+    result = bench.evaluate(labels, scores, np.zeros((7, 2, 2)), None, defects)
+    # stains above every normal image; the scratch above two normal images of three; the Perlin region below all
+    assert result["per_defect"] == pytest.approx({"perlin": 0.0, "scratch": 2 / 3, "stain": 1.0})
+    assert "per_defect" not in bench.evaluate(labels, scores, np.zeros((7, 2, 2)), None)
+    with pytest.raises(ValueError, match="3 defect types for 7 test images"):
+        bench.evaluate(labels, scores, np.zeros((7, 2, 2)), None, defects[:3])
+
+
 def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "TEXTURE_SIZES", {"quick": dict(train=16, test=8)})
     calls = []
@@ -85,12 +97,18 @@ def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     report = bench.run(["ae_l2"], "textures:brick", "quick", out=out, progress=False)
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
-    assert {"data", "profile", "seed", "device", "date", "results", "wall_seconds"} <= set(saved)
+    assert {"data", "profile", "seeds", "device", "date", "results", "wall_seconds"} <= set(saved)
+    assert saved["seeds"] == [0]
     row = saved["results"]["ae_l2"]
-    for key in ["image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro", "parameters",
+    for key in ["image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro", "per_defect", "parameters",
                 "train_seconds", "inference_ms_per_image", "cpu_ms_per_image", "gpu_ms_per_image",
-                "gpu_fp16_ms_per_image", "peak_memory_mb", "onnx_mb", "supervised", "supervision"]:
+                "gpu_fp16_ms_per_image", "peak_memory_mb", "onnx_mb", "backbone", "supervised", "supervision"]:
         assert key in row
+    assert set(row["per_defect"]) == {"stain", "scratch", "foreign_patch", "perlin"}
+    assert row["backbone"] is None  # the autoencoder runs no pretrained network
+    assert row["std"]["image_auroc"] is None  # one seed: no spread
+    assert {key: value for key, value in row["seeds"]["0"].items() if key in bench.QUALITY} == \
+        {key: row[key] for key in bench.QUALITY}
     assert 0 <= row["image_auroc"] <= 1 and row["parameters"] > 0
     assert row["cpu_ms_per_image"] == row["inference_ms_per_image"] > 0 and row["gpu_ms_per_image"] is None
     assert row["onnx_mb"] == pytest.approx(4 * row["parameters"] / 2 ** 20, rel=0.1)  # float32 weights + a graph
@@ -102,9 +120,11 @@ def test_run_writes_json_and_resumes(tmp_path, monkeypatch):
     bench.run(["ae_l2", "ae_ssim"], "textures:brick", "quick", out=out, progress=False)
     assert calls == ["ae_l2", "ae_ssim"]
     assert set(json.loads(out.read_text())["results"]) == {"ae_l2", "ae_ssim"}
-    # a different seed starts afresh
-    bench.run(["ae_l2"], "textures:brick", "quick", seed=1, out=out, progress=False)
-    assert calls[-1] == "ae_l2" and json.loads(out.read_text())["seed"] == 1
+    # a different seed is refused: the file is kept as it is
+    before = out.read_text()
+    with pytest.raises(ValueError, match="seeds 0"):
+        bench.run(["ae_l2"], "textures:brick", "quick", seed=1, out=out, progress=False)
+    assert out.read_text() == before and calls == ["ae_l2", "ae_ssim"]
 
 
 def test_cli_errors(capsys):
@@ -117,14 +137,21 @@ def test_cli_errors(capsys):
     assert "Did you mean 'gravel'" in capsys.readouterr().err
 
 
+def install_toy_method(monkeypatch, name, cls):
+    """Make ``cls`` available to the benchmark as ``name`` for one test."""
+    real_create, real_available = detectors.create, detectors.available
+    monkeypatch.setattr(detectors, "available", lambda: sorted([*real_available(), name]))
+    monkeypatch.setattr(detectors, "create", lambda method, **kw: cls(**kw) if method == name else real_create(method, **kw))
+
+
 def test_supervised_methods_get_labelled_anomalies(monkeypatch):
     seen = {}
 
     class Supervised(detectors.Detector):
         supervised = True
 
-        def __init__(self, **kwargs):
-            pass
+        def __init__(self, device=None, **kwargs):
+            self.name, self.device = "toy_supervised", torch.device("cpu")
 
         def fit(self, train_dataset, profile="quick"):
             seen["labels"] = np.asarray([train_dataset[i]["label"] for i in range(len(train_dataset))])
@@ -133,7 +160,7 @@ def test_supervised_methods_get_labelled_anomalies(monkeypatch):
         def predict(self, images):
             return images.flatten(1).mean(1).numpy(), images[:, 0].numpy()
 
-    monkeypatch.setitem(detectors._REGISTRY, "toy_supervised", Supervised)
+    install_toy_method(monkeypatch, "toy_supervised", Supervised)
     report = bench.run(["toy_supervised"], "digits:3", "quick", progress=False)
     assert seen["labels"].mean() == pytest.approx(bench.SUPERVISED_ANOMALY_FRACTION, abs=0.02)
     assert report["results"]["toy_supervised"]["supervised"] is True

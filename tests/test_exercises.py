@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -428,3 +429,285 @@ def test_course_notebooks_make_a_clean_student_version(tmp_path):
     make_student_version(REPO / "notebooks", tmp_path / "student")
     assert find_leftover_solutions(tmp_path / "student") == []
     assert _digests(REPO / "notebooks") == before
+
+
+# --- the chapters' code exercises -----------------------------------------------------------------
+
+# The function each chapter's check is written for, and the check (chapter -> (function, check)).
+CHAPTER_CHECKS = {
+    "01": ("pro_at_threshold", exercises.check_ch01_pro_at_threshold),
+    "02": ("ssim_terms", exercises.check_ch02_ssim_terms),
+    "03": ("denoising_loss", exercises.check_ch03_denoising_loss),
+    "04": ("gradient_norm", exercises.check_ch04_gradient_norm),
+    "05a": ("critic_loss", exercises.check_ch05a_critic_loss),
+    "05b": ("mahalanobis_pixels", exercises.check_ch05b_mahalanobis_pixels),
+    "06": ("negative_elbo", exercises.check_ch06_negative_elbo),
+    "07": ("squash_with_constant", exercises.check_ch07_squash),
+    "08": ("pyramid_features", exercises.check_ch08_pyramid_features),
+    "09": ("code_mixture_loss", exercises.check_ch09_weighted_component_nll),
+    "10": ("position_gaussians", exercises.check_ch10_position_gaussians),
+}
+
+
+def _notebook_globals() -> dict:
+    """The names the solution cells take from their notebooks."""
+    import math
+
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from adcourse.losses import gradient_penalty
+    from adcourse.models.corruption_ae import corrupt_batch
+
+    def penalty(critic, real, fake, generator=None):  # chapter 5a's written-out penalty
+        return gradient_penalty(critic, real, fake, generator=generator)
+
+    return {"np": np, "torch": torch, "F": F, "math": math, "ndimage": ndimage,
+            "corrupt_batch": corrupt_batch, "penalty": penalty}
+
+
+def _exercise_cells(chapter: str, function: str):
+    path = next((REPO / "notebooks").glob(f"{chapter}_*.ipynb"))
+    cells = nbformat.read(path, as_version=4).cells
+    for index, cell in enumerate(cells):
+        if cell.cell_type == "code" and f"def {function}(" in cell.source:
+            return cell, cells[index + 1]
+    pytest.fail(f"{path.name}: no code cell defines {function}()")
+
+
+@pytest.mark.parametrize("chapter", sorted(CHAPTER_CHECKS))
+def test_chapter_check_passes_the_notebook_solution_and_hints_on_the_stub(chapter, capsys):
+    function, check_exercise = CHAPTER_CHECKS[chapter]
+    solution, following = _exercise_cells(chapter, function)
+    assert "solution" in solution.metadata.get("tags", [])
+    assert f"{check_exercise.__name__}({function})" in following.source, "the next cell runs the check"
+    namespace = _notebook_globals()
+    exec(solution.source, namespace)  # noqa: S102 - the course's own notebook
+    check_exercise(namespace[function])
+    assert capsys.readouterr().out.startswith("✓ ")
+    stub = _notebook_globals()
+    exec(strip_code_solution(solution.source), stub)  # noqa: S102 - what make student hands out
+    with pytest.raises(ExerciseError, match="is not written yet: replace `raise NotImplementedError`"):
+        check_exercise(stub[function])
+
+
+def _label_4_connected(masks, maps, threshold):
+    from scipy import ndimage
+
+    overlaps = []
+    for mask, values in zip(masks, maps):
+        labelled, count = ndimage.label(mask)
+        overlaps += [(values[labelled == k] >= threshold).mean() for k in range(1, count + 1)]
+    return float(np.mean(overlaps))
+
+
+def _pro_strictly_above(masks, maps, threshold):
+    from scipy import ndimage
+
+    overlaps = []
+    for mask, values in zip(masks, maps):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        overlaps += [(values[labelled == k] > threshold).mean() for k in range(1, count + 1)]
+    return float(np.mean(overlaps))
+
+
+def _ssim_swapped(x, y):
+    from adcourse.exercises import _ssim_terms_reference
+
+    luminance, structure = _ssim_terms_reference(x, y)
+    return structure, luminance
+
+
+def _denoise(target_is_corrupted=False, corrupt=True, reduce=torch.mean, fresh_rng=False, item=False,
+             in_place=False):
+    from adcourse.models.corruption_ae import corrupt_batch
+
+    def loss(model, clean, corruption, rng):
+        if in_place:
+            clean[..., :1, :1] = 0.0
+        rng = np.random.default_rng(0) if fresh_rng else rng
+        corrupted = corrupt_batch(clean, corruption, rng) if corrupt else clean
+        value = reduce((model(corrupted) - (corrupted if target_is_corrupted else clean)) ** 2)
+        return value.item() if item else value
+
+    return loss
+
+
+def _gradient(norm, requires_grad=True):
+    def gradient_norm(model, coords):
+        points = coords.clone().requires_grad_(requires_grad)
+        (grad,) = torch.autograd.grad(model(points).sum(), points)
+        return norm(grad)
+
+    return gradient_norm
+
+
+def _critic(sign=-1.0, with_penalty=True, weighted=True, item=False):
+    from adcourse.losses import gradient_penalty
+
+    def critic_loss(critic, real, fake, gp_weight=10.0, generator=None):
+        distance = critic(real).mean() - critic(fake).mean()
+        penalty = gradient_penalty(critic, real, fake, generator=generator) if with_penalty else 0.0
+        value = sign * distance + (gp_weight if weighted else 1.0) * penalty
+        return value.item() if item else value
+
+    return critic_loss
+
+
+def _mahalanobis(kind):
+    def mahalanobis_pixels(l_r, l_d, mean, cov):
+        v = np.stack([l_r - mean[0], l_d - mean[1]], axis=-1)
+        if kind == "uncentred":
+            v = np.stack([l_r, l_d], axis=-1)
+        if kind == "z-scores":
+            return np.sqrt(((v / np.sqrt(np.diag(cov))) ** 2).sum(-1))
+        matrix = cov if kind == "covariance" else np.linalg.inv(cov)
+        squared = np.einsum("...i,ij,...j->...", v, matrix, v)
+        return squared if kind == "squared" else np.sqrt(squared)
+
+    return mahalanobis_pixels
+
+
+def _elbo(kl_weight=1.0, kl_per_pixel=True, per_pixel=True, use_beta=True):
+    import torch.nn.functional as F
+
+    def negative_elbo(x_hat, x, mu, logvar, beta=1.0):
+        pixels = x[0].numel()
+        bce = F.binary_cross_entropy(x_hat, x, reduction="none").flatten(1).sum(1)
+        kl = kl_weight * 0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(1) * (beta if use_beta else 1.0)
+        if not per_pixel:
+            return (bce + kl).mean()
+        return (bce / pixels + (kl / pixels if kl_per_pixel else kl)).mean()
+
+    return negative_elbo
+
+
+def _squash(use_a=True, use_dim=True, eps=1e-12):
+    def squash_with_constant(s, a=1.0, dim=-1):
+        dim = dim if use_dim else -1
+        norm2 = (s ** 2).sum(dim=dim, keepdim=True)
+        return norm2 / ((a if use_a else 1.0) + norm2) * s / torch.sqrt(norm2 + eps)
+
+    return squash_with_constant
+
+
+def _pyramid(pool="avg", reverse=False, channels_last=False):
+    import torch.nn.functional as F
+
+    def pyramid_features(fmap, bins=(8, 4, 2, 1), dim=8):
+        pooling = F.adaptive_avg_pool2d if pool == "avg" else F.adaptive_max_pool2d
+        levels = [pooling(fmap, k) for k in (bins[::-1] if reverse else bins)]
+        flat = [level.permute(0, 2, 3, 1).flatten(1) if channels_last else level.flatten(1)
+                for level in levels]
+        return torch.cat(flat, 1).reshape(len(fmap), -1, dim)
+
+    return pyramid_features
+
+
+def _mixture_loss(kind):
+    import math
+
+    from adcourse.losses import mixture_nll
+
+    def code_mixture_loss(y, logits, means, scales):
+        if kind == "mixture":
+            return mixture_nll(y, logits, means, scales)
+        z = (y.unsqueeze(-2) - means) / scales
+        log_normal = (-0.5 * z ** 2 - torch.log(scales)).sum(-1)
+        if kind != "no constant":
+            log_normal = log_normal - 0.5 * y.shape[-1] * math.log(2 * math.pi)
+        weights = logits if kind == "logits" else torch.softmax(logits, -1)
+        return -(weights * log_normal).sum(-1)
+
+    return code_mixture_loss
+
+
+def _gaussians(order=(2, 3, 0, 1), ddof=1, regularise=True, pair=True):
+    def position_gaussians(features, epsilon=0.01):
+        n, d, h, w = features.shape
+        x = features.permute(*order).reshape(h * w, n, d)
+        means = x.mean(1)
+        centred = x - means[:, None]
+        covariances = centred.transpose(1, 2) @ centred / (n - ddof)
+        if regularise:
+            covariances = covariances + epsilon * torch.eye(d)
+        return (means, covariances) if pair else means
+
+    return position_gaussians
+
+
+WRONG_ANSWERS = [
+    ("01", lambda masks, maps, t: float((maps[masks > 0] >= t).mean()), r"each defect \*region\*"),
+    ("01", _label_4_connected, r"8-connectivity"),
+    ("01", _pro_strictly_above, r"compare with `>=`, not `>`"),
+    ("01", lambda masks, maps, t: None, r"returned None on case 'a large region found"),
+    ("01", lambda masks, maps, t: 1 / 0, r"raised ZeroDivisionError on case"),
+    ("02", _ssim_swapped, r"the two maps are swapped"),
+    ("02", lambda x, y: x * y, r"should return two values, \(luminance, contrast_structure\)"),
+    ("03", _denoise(target_is_corrupted=True), r"the target is the clean image"),
+    ("03", _denoise(corrupt=False), r"never saw a corrupted image"),
+    ("03", _denoise(reduce=torch.sum), r"not their sum"),
+    ("03", _denoise(item=True), r"keeps its graph"),
+    ("03", _denoise(in_place=True), r"changed `clean` in place"),
+    ("03", _denoise(fresh_rng=True), r"draw each image's corruption from `rng`"),
+    ("04", _gradient(lambda g: (g ** 2).sum(1)), r"squared norm"),
+    ("04", _gradient(lambda g: g.abs().sum(1)), r"L1 norm"),
+    ("04", _gradient(lambda g: g), r"the gradient itself"),
+    ("04", _gradient(lambda g: g.norm(dim=1, keepdim=True)), r"shape \(N,\)"),
+    ("04", _gradient(lambda g: g.norm(dim=1), requires_grad=False), r"requires_grad_\(True\)"),
+    ("05a", _critic(sign=1.0), r"the critic \*maximises\*"),
+    ("05a", _critic(with_penalty=False), r"the gradient penalty is missing"),
+    ("05a", _critic(weighted=False), r"not multiplied by `gp_weight`"),
+    ("05a", _critic(item=True), r"connected to the critic's weights"),
+    ("05b", _mahalanobis("squared"), r"squared distance"),
+    ("05b", _mahalanobis("covariance"), r"Σ is used where its inverse belongs"),
+    ("05b", _mahalanobis("uncentred"), r"not centred"),
+    ("05b", _mahalanobis("z-scores"), r"how L_R and L_D vary together"),
+    ("06", _elbo(kl_weight=0.0), r"the KL term is missing"),
+    ("06", _elbo(kl_per_pixel=False), r"divided by the number of pixels too"),
+    ("06", _elbo(per_pixel=False), r"divide by the number of pixels of an image"),
+    ("06", _elbo(kl_weight=-1.0), r"minus sign"),
+    ("06", _elbo(use_beta=False), r"not multiplied by `beta`"),
+    ("07", _squash(eps=0.0), r"returns NaN .* a zero vector"),
+    ("07", _squash(use_a=False), r"the constant `a` is ignored"),
+    ("07", _squash(use_dim=False), r"the wrong dimension"),
+    ("08", _pyramid(pool="max"), r"pools with the maximum"),
+    ("08", _pyramid(reverse=True), r"concatenated in reverse"),
+    ("08", _pyramid(channels_last=True), r"flattened channel last"),
+    ("09", _mixture_loss("mixture"), r"this is the mixture NLL"),
+    ("09", _mixture_loss("logits"), r"with a softmax first"),
+    ("09", _mixture_loss("no constant"), r"log 2π"),
+    ("10", _gaussians(ddof=0), r"divides by N − 1"),
+    ("10", _gaussians(regularise=False), r"ε·I is missing"),
+    ("10", _gaussians(order=(3, 2, 0, 1)), r"numbered column by column"),
+    ("10", _gaussians(pair=False), r"should return two values, \(means, covariances\)"),
+]
+
+
+@pytest.mark.parametrize("chapter, answer, hint", WRONG_ANSWERS,
+                         ids=[f"{chapter}-{hint[:28]}" for chapter, _, hint in WRONG_ANSWERS])
+def test_chapter_check_names_the_mistake(chapter, answer, hint):
+    _, check_exercise = CHAPTER_CHECKS[chapter]
+    with pytest.raises(ExerciseError, match=hint):
+        check_exercise(answer)
+
+
+def test_every_chapter_has_two_checked_code_exercises_and_ends_with_recall_questions():
+    notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]*.ipynb"))
+    assert len(notebooks) >= len(CHAPTER_CHECKS)
+    for path in notebooks:
+        cells = nbformat.read(path, as_version=4).cells
+        solutions = [i for i, cell in enumerate(cells) if "solution" in cell.metadata.get("tags", [])]
+        assert len(solutions) >= 2, f"{path.name}: fewer than two code exercises"
+        for index in solutions:
+            after = next(cell for cell in cells[index + 1:] if cell.cell_type == "code")
+            assert "from adcourse.exercises import" in after.source, (
+                f"{path.name}, cell {index}: the code cell after a solution should run a check"
+            )
+        last = cells[-1]
+        assert last.cell_type == "markdown" and last.source.startswith("## Recall questions"), (
+            f"{path.name}: the chapter should end with its recall questions"
+        )
+        questions = re.findall(r"^```\{admonition\} .+\n:class: dropdown\n", last.source, re.M)
+        assert 3 <= len(questions) <= 5, f"{path.name}: {len(questions)} recall questions"
+        assert last.source.count("```") == 2 * len(questions), f"{path.name}: an answer is not closed"

@@ -1,4 +1,6 @@
 """Chapter 5: GAN building blocks, the gradient penalty, the fully convolutional BiGAN and its scores."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,22 @@ def test_detectors_fit_and_predict_on_a_tiny_dataset():
     scores, maps = fa.predict(test.images)
     assert scores.shape == (4,) and maps.shape == (4, 64, 64) and np.isfinite(scores).all()
     assert fa.model() is not None and fc.model() is not None
+
+
+def test_pixel_stats_survive_their_plain_state():
+    rng = np.random.default_rng(0)
+    stats = gans.PixelStats(rng.random((3, 8, 8)), rng.random((3, 8, 8)) ** 2)
+    restored = gans.PixelStats.from_state(stats.state())
+    for key in ("mean", "std", "cov"):
+        np.testing.assert_array_equal(getattr(restored, key), getattr(stats, key))
+
+
+@pytest.mark.parametrize("name, bad, match", [("fcbigan", dict(alpha=1.5), r"alpha=1.5 is out of range.*\[0, 1\]"),
+                                              ("fcbigan", dict(betas=(0.5, 1.0)), r"betas=\(0.5, 1.0\)"),
+                                              ("fcbigan", dict(filter_size=0), r"filter_size=0"),
+                                              ("fanogan", dict(patch_size=4), r"patch_size=4 .*at least 8"),
+                                              ("fanogan", dict(encoder_lr=0.0), r"encoder_lr=0.0 .*> 0")])
+def test_out_of_range_gan_settings_are_refused(name, bad, match):
+    cls = {"fanogan": gans.FAnoGANDetector, "fcbigan": gans.FCBiGANDetector}[name]
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(cls.PROFILES["quick"], **bad)

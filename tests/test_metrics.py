@@ -167,3 +167,38 @@ def test_image_metrics_accept_torch_and_perfect_separation():
     assert metrics.image_auroc(labels, scores) == 1.0
     assert metrics.image_aupr(labels, scores) == 1.0
     assert metrics.best_tpr_tnr(labels, scores) == pytest.approx(dict(threshold=0.7, tpr=1, tnr=1))
+
+
+@pytest.mark.parametrize("metric", [metrics.image_auroc, metrics.image_aupr, metrics.best_tpr_tnr],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("labels, present", [([0, 0, 0], "0"), ([1, 1, 1], "1")])
+def test_image_metrics_on_one_class_say_what_is_missing(metric, labels, present):
+    with pytest.raises(ValueError, match=rf"^{metric.__name__} needs both normal \(0\) and anomalous \(1\) "
+                                         rf"labels; got only {present}$"):
+        metric(labels, [0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("labels, scores, message", [
+    ([0, 1, 2], [0.1, 0.2, 0.3], r"labels must be binary, 0 \(normal\) or 1 \(anomalous\); found values \[2\]"),
+    ([0, 1], [0.1, 0.2, 0.3], "2 labels but 3 scores"),
+    ([0, 1], [0.1, float("nan")], r"scores must be finite; NaN or infinite at image\(s\) \[1\]"),
+    ([0, 1], [0.1, float("inf")], "scores must be finite"),
+    ([0, 1], [[0.1], [0.2]], r"must be 1-D.*\(use .ravel\(\)\)"),
+    ([0, 1], ["a", "b"], "scores must be numbers"),
+    ([], [], "got no labels at all"),
+])
+def test_image_metrics_refuse_malformed_inputs(labels, scores, message):
+    for metric in (metrics.image_auroc, metrics.image_aupr, metrics.best_tpr_tnr):
+        with pytest.raises(ValueError, match=message):
+            metric(labels, scores)
+
+
+@pytest.mark.parametrize("metric", [metrics.pixel_auroc, metrics.aupro, metrics.pro_curve], ids=lambda f: f.__name__)
+def test_pixel_metrics_on_one_class_say_what_is_missing(metric):
+    with pytest.raises(ValueError, match=rf"^{metric.__name__} needs both defect-free \(0\) and defect \(1\) pixels; "
+                                         r"got only 0 \(no defect pixel\)$"):
+        metric(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match=r"got only 1 \(no defect-free pixel\)"):
+        metric(np.ones((2, 4, 4)), np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="maps must be finite"):
+        metric(np.eye(4)[None], np.full((1, 4, 4), np.inf))

@@ -212,6 +212,8 @@ def test_btad_finds_products_inside_the_archive_folder(tmp_path):
 def test_btad_errors(tmp_path):
     with pytest.raises(DatasetError, match="Did you mean '01'"):
         BTAD(tmp_path, "1", "train")
+    with pytest.raises(ValueError, match="Unknown BTAD product 1. Did you mean '01'"):
+        BTAD(tmp_path, 1, "train")
     with pytest.raises(DatasetError) as err:
         BTAD(tmp_path, "01", "train")
     assert btad.BTAD_URL in str(err.value) and btad.BTAD_SHA256 in str(err.value)
@@ -286,8 +288,12 @@ def test_oneclass_bad_arguments(tmp_path):
     base = FakeTorchvision(TARGETS)
     with pytest.raises(DatasetError, match="Did you mean 'MNIST'"):
         TorchvisionOneClass("mnist", tmp_path, 0, "train", base=base)
-    with pytest.raises(DatasetError, match=r"normal_class 7 .*\[0, 1, 2, 3\]"):
+    with pytest.raises(DatasetError, match=r"normal_class of MNIST must be one of 0–3, got 7"):
         TorchvisionOneClass("MNIST", tmp_path, 7, "train", base=base)
+    with pytest.raises(TypeError, match=r"must be an int \(0–3\), got the string '1': pass 1"):
+        TorchvisionOneClass("MNIST", tmp_path, "1", "train", base=base)
+    with pytest.raises(ValueError, match="split"):
+        TorchvisionOneClass("MNIST", tmp_path, 1, "tset", base=base)
 
 
 def write_idx(path, array):
@@ -337,3 +343,21 @@ def test_coil100_one_class_split(tmp_path):
     assert all("obj2__" in f.name for f in train.files)
     with pytest.raises(DatasetError, match="COIL-100 not found in .*empty"):
         Coil100OneClass(tmp_path / "empty", 1, "train")
+
+
+def test_coil100_mistakes_are_named(tmp_path):
+    from adcourse.data import Coil100OneClass
+
+    for obj in (1, 2):
+        for angle in (0, 5, 10):
+            Image.new("RGB", (8, 8), (obj * 60, angle, 0)).save(tmp_path / f"obj{obj}__{angle}.png")
+    with pytest.raises(DatasetError, match=rf"COIL-100 object 5 not found in {tmp_path}: no obj5__<angle>.png.*1–2"):
+        Coil100OneClass(tmp_path, 5, "train")
+    with pytest.raises(ValueError, match=r"Unknown split 'tset'. Did you mean 'test'"):
+        Coil100OneClass(tmp_path, 1, "tset")
+    with pytest.raises(TypeError, match="pass 2, not '2'"):
+        Coil100OneClass(tmp_path, "2", "train")
+    with pytest.raises(ValueError, match="normal_object must be one of 1–100, got 0"):
+        Coil100OneClass(tmp_path, 0, "train")
+    (tmp_path / "obj2__notes.png").write_text("not a view")  # not a view's name: left out
+    assert len(Coil100OneClass(tmp_path, 2, "test")) == 2

@@ -91,3 +91,10 @@ def test_load_refuses_pickled_objects(tmp_path):
     torch.save({"state_dict": nn.Linear(1, 1).state_dict(), "obj": object()}, path)
     with pytest.raises(RuntimeError, match="not a readable"):
         train.load_checkpoint(path, nn.Linear(1, 1))  # weights_only=True refuses arbitrary objects
+
+
+def test_count_parameters_all_or_trainable_only():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))      # 16 + 10 parameters
+    model[0].requires_grad_(False)                                # a frozen first layer
+    assert train.count_parameters(model) == 26
+    assert train.count_parameters(model, trainable_only=True) == 10

@@ -193,11 +193,34 @@ def test_cavga_monitor_records_iou():
     monitor = detector.history["monitor"]
     assert [m["epoch"] for m in monitor] == [1, 2]
     assert all(0 <= m["iou"] <= 1 and 0 <= m["pixel_auroc"] <= 1 for m in monitor)
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="map_kind"):
         CAVGADetector(map_kind="nope")
 
 
 def test_vae_detector_settings_override():
     detector = VAEDetector(epochs=1, beta=0.5)
     detector.fit(TextureDefects("brick", "train", n=8), "quick")
-    assert detector.settings["beta"] == 0.5 and len(detector.history["loss"]) == 1
+    assert detector.settings.beta == 0.5 and len(detector.history["loss"]) == 1
+
+
+def test_cavga_predict_with_another_map_kind_equals_a_detector_set_to_it():
+    train = TextureDefects("brick", "train", n=8)
+    images = TextureDefects("brick", "test", n=4).images
+    fitted = {}
+    for map_kind in ("attention", "residual"):  # map_kind changes nothing in training
+        torch.manual_seed(0)
+        fitted[map_kind] = create("cavga", device="cpu", epochs=1, width=4, latent_channels=2,
+                                  map_kind=map_kind).fit(train)
+    detector = fitted["attention"]
+    for got, expected in zip(detector.predict_with(images, "residual"), fitted["residual"].predict(images)):
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="kind must be"):
+        detector.predict_with(images, "nope")
+
+
+@pytest.mark.parametrize("bad, match", [(dict(top_fraction=0.0), r"top_fraction=0.0 .*\(0, 1\]"),
+                                        (dict(lr_d=-1.0), r"lr_d=-1.0"),
+                                        (dict(expansion_weight=float("nan")), r"expansion_weight=nan")])
+def test_out_of_range_cavga_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CAVGADetector.Settings(**bad)

@@ -247,8 +247,8 @@ def test_bad_settings_are_refused():
         MixtureDensityNetwork(condition="pixels")
     with pytest.raises(ValueError, match="mdn_loss"):
         VTADL(mdn_loss="sum")
-    with pytest.raises(ValueError, match="unknown vtadl settings"):
-        VTADLDetector(epochs=1, heads_count=3).fit(TextureDefects("brick", "train", n=4))
+    with pytest.raises(TypeError, match="unknown vtadl setting 'heads_count'; did you mean 'heads'"):
+        VTADLDetector(epochs=1, heads_count=3)
 
 
 # ---------------------------------------------------------------- the detector
@@ -279,3 +279,20 @@ def test_vtadl_fits_colour_images_and_the_code_variant():
     scores, maps = detector.predict(images[:3])
     assert scores.shape == (3,) and maps.shape == (3, 32, 32)
     assert detector.network.grid == 4
+
+
+@pytest.mark.parametrize("bad, match", [(dict(dim=30, heads=4), r"dim=30 is not divisible by heads=4"),
+                                        (dict(epochs=-1), r"epochs=-1 .*at least 0"),
+                                        (dict(patch_size=0), r"patch_size=0")])
+def test_out_of_range_vtadl_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        VTADLDetector.Settings(**bad)
+
+
+def test_an_untrained_encoder_is_a_valid_control():
+    # epochs=0 (chapter 9's control): the mixture is still fitted on the untrained encoder's features
+    torch.manual_seed(0)
+    train = TextureDefects("brick", "train", n=8)
+    detector = create("vtadl", device="cpu", **{**TINY, "epochs": 0}).fit(train)
+    assert detector.history == [] and len(detector.refit_history) == TINY["refit_steps"]
+    assert np.isfinite(detector.predict(train.images[:2])[0]).all()

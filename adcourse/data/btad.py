@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .download import DatasetError, cache_dir, closest_name_error, download_and_extract
-from .mvtec import SPLITS, AnomalyImages, folder_samples
+from .arguments import check_choice, check_root
+from .download import DatasetError, cache_dir, download_and_extract
+from .folder import SPLITS, MVTecLayoutFolder
 
 BTAD_PRODUCTS = ("01", "02", "03")
 BTAD_URL = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
@@ -16,15 +17,18 @@ BTAD_SHA256 = "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a"
 BTAD_INNER = "BTech_Dataset_transformed"
 
 
-class BTAD(AnomalyImages):
+class BTAD(MVTecLayoutFolder):
     """One BTAD product, train (``ok`` only) or test (``ok`` and defective ``ko``, with masks).
 
     ``root`` holds ``<nn>/train/ok``, ``<nn>/test/ok``, ``<nn>/test/ko`` and
     ``<nn>/ground_truth/ko`` (images .bmp or .png, masks paired by file stem, .bmp or .png);
     ``<root>/BTech_Dataset_transformed/<nn>``, as the archive unpacks, works too.
     ``root=None`` means ``cache_dir() / "btad"``. Items are as in :class:`MVTecAD`: 3-channel
-    images resized to ``image_size``, 0/1 masks.
+    images resized to ``image_size``, 0/1 masks; ``defect`` is ``"ko"`` for defective images and
+    ``"good"`` for normal ones, as in every dataset of the course.
     """
+
+    LAYOUT_FIX = "The extraction is incomplete: delete the product folder and extract the archive again."
 
     def __init__(
         self,
@@ -34,11 +38,9 @@ class BTAD(AnomalyImages):
         image_size: int = 256,
         download: bool = False,
     ):
-        if product not in BTAD_PRODUCTS:
-            raise closest_name_error("BTAD product", product, BTAD_PRODUCTS)
-        if split not in SPLITS:
-            raise closest_name_error("split", split, SPLITS)
-        root = Path(root) if root is not None else cache_dir() / "btad"
+        check_choice("BTAD product", product, BTAD_PRODUCTS)
+        check_choice("split", split, SPLITS)
+        root = check_root(root, cache_dir() / "btad")
         if download and _find(root, product) is None:
             download_and_extract(BTAD_URL, BTAD_ARCHIVE, BTAD_SHA256, root)
         folder = _find(root, product)
@@ -50,8 +52,7 @@ class BTAD(AnomalyImages):
                 f"archive itself in {root.parent} and pass download=True."
             )
         self.product = product
-        self.split = split
-        super().__init__(folder_samples(folder, split, "ok", (".bmp", ".png")), image_size)
+        super().__init__(folder, split, image_size, normal="ok", mask_tag="", masks=True, suffixes=(".bmp", ".png"))
 
 
 def _find(root: Path, product: str) -> Path | None:

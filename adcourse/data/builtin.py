@@ -13,35 +13,37 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from ..corruption import DEFECTS, TEXTURES, texture_photo
-from .download import closest_name_error
-
-SPLITS = ("train", "test")
-
-
-def _check_choice(what: str, value, choices) -> None:
-    if value not in choices:
-        raise closest_name_error(what, value, tuple(str(c) for c in choices))
+from .arguments import DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_seed
+from .folder import SPLITS
 
 
 class InMemoryAnomalyDataset(Dataset):
-    """Images, labels and masks held as tensors; items are dicts ``image``, ``label``, ``mask``.
+    """Images, labels and masks held as tensors; items are dicts ``image``, ``label``, ``mask``
+    (and ``defect`` when the defect types are known).
 
     ``images``: N×C×H×W floats in [0, 1]; ``labels``: N ints (0 normal, 1 anomalous);
-    ``masks``: N×1×H×W of 0/1, all zeros where there is no defect or no mask.
+    ``masks``: N×1×H×W of 0/1, all zeros where there is no defect or no mask; ``defect_types``: N
+    names (``"good"`` for normal images), or None where the set has no defect types.
     """
 
-    def __init__(self, images: torch.Tensor, labels, masks: torch.Tensor | None = None):
+    def __init__(self, images: torch.Tensor, labels, masks: torch.Tensor | None = None, defect_types=None):
         self.images = images.float()
         self.labels = np.asarray(labels, dtype=np.int64)
         self.masks = torch.zeros_like(self.images[:, :1]) if masks is None else masks.float()
-        if not len(self.images) == len(self.labels) == len(self.masks):
-            raise ValueError(f"{len(self.images)} images, {len(self.labels)} labels and {len(self.masks)} masks")
+        self.defect_types = None if defect_types is None else [str(name) for name in defect_types]
+        sizes = {len(self.images), len(self.labels), len(self.masks)}
+        if len(sizes | ({len(self.defect_types)} if defect_types is not None else set())) > 1:
+            raise ValueError(f"{len(self.images)} images, {len(self.labels)} labels and {len(self.masks)} masks"
+                             + ("" if defect_types is None else f" and {len(self.defect_types)} defect types"))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index], "label": int(self.labels[index]), "mask": self.masks[index]}
+        item = {"image": self.images[index], "label": int(self.labels[index]), "mask": self.masks[index]}
+        if self.defect_types is not None:
+            item["defect"] = self.defect_types[index]
+        return item
 
 
 class TextureDefects(InMemoryAnomalyDataset):
@@ -50,16 +52,23 @@ class TextureDefects(InMemoryAnomalyDataset):
     The photograph is split by rows: training patches come from the top ``train_rows`` of it,
     test patches from the rest, so that no test pixel was seen in training. Half of the test patches
     receive a defect from :data:`adcourse.corruption.DEFECTS` (stain, scratch, foreign patch, Perlin
-    region; drawn in turn), the other half stay normal. Everything is drawn from ``seed``.
+    region; drawn in turn), the other half stay normal; ``defect_types`` (and each item's ``defect``)
+    names it, ``"good"`` for normal patches. Everything is drawn from ``seed``.
     """
 
     def __init__(self, texture: str = "brick", split: str = "train", patch_size: int = 64,
                  n: int | None = None, seed: int = 0, train_rows: float = 0.6, defects=None):
-        _check_choice("texture", texture, TEXTURES)
-        _check_choice("split", split, SPLITS)
-        defects = list(DEFECTS) if defects is None else list(defects)
+        check_choice("texture", texture, TEXTURES)
+        check_choice("split", split, SPLITS)
+        patch_size = check_int("patch_size", patch_size, minimum=8)
+        n = None if n is None else check_int("n", n)
+        seed = check_seed(seed)
+        check_fraction("train_rows", train_rows, low_open=True)
+        defects = list(DEFECTS) if defects is None else [defects] if isinstance(defects, str) else list(defects)
+        if not defects:
+            raise DatasetArgumentError(f"defects is empty: name at least one of {', '.join(DEFECTS)}, or pass None for all")
         for name in defects:
-            _check_choice("defect", name, DEFECTS)
+            check_choice("defect", name, tuple(DEFECTS))
         photo = texture_photo(texture)
         boundary = int(photo.shape[0] * train_rows)
         region = photo[:boundary] if split == "train" else photo[boundary:]
@@ -74,7 +83,7 @@ class TextureDefects(InMemoryAnomalyDataset):
         patches = np.stack([region[t:t + patch_size, l:l + patch_size] for t, l in zip(tops, lefts)])
         masks = np.zeros_like(patches, dtype=bool)
         labels = np.zeros(n, dtype=np.int64)
-        self.defect_types = ["good"] * n
+        defect_types = ["good"] * n
         if split == "test":
             others = [t for t in TEXTURES if t != texture]
             for k, i in enumerate(rng.permutation(n)[: n // 2]):
@@ -82,9 +91,9 @@ class TextureDefects(InMemoryAnomalyDataset):
                 options = {"source": texture_photo(others[k % len(others)])} if name in ("foreign_patch", "perlin") else {}
                 patches[i], masks[i] = DEFECTS[name](patches[i], rng, **options)
                 labels[i] = 1
-                self.defect_types[i] = name
+                defect_types[i] = name
         self.texture = texture
-        super().__init__(torch.from_numpy(patches)[:, None], labels, torch.from_numpy(masks)[:, None])
+        super().__init__(torch.from_numpy(patches)[:, None], labels, torch.from_numpy(masks)[:, None], defect_types)
 
 
 class OneClassDigits(InMemoryAnomalyDataset):
@@ -95,15 +104,19 @@ class OneClassDigits(InMemoryAnomalyDataset):
     from the other classes, labelled 1 (the imbalanced supervised protocol of the capsule chapter;
     at least one anomaly when the fraction is positive). The test split is balanced: every test
     image of the normal class and as many drawn from the other classes. ``digits`` keeps each
-    image's true class.
+    image's true class. Digits have no defect types: items carry no ``defect`` and ``defect_types``
+    is None.
+
+    ``normal_class`` is an int from 0 to 9 (a string such as ``"3"`` is refused with the int to pass).
     """
 
     def __init__(self, normal_class: int = 0, split: str = "train", anomaly_fraction: float = 0.0,
                  image_size: int = 28, seed: int = 0):
-        _check_choice("normal_class", normal_class, range(10))
-        _check_choice("split", split, SPLITS)
-        if not 0 <= anomaly_fraction < 1:
-            raise ValueError(f"anomaly_fraction must be in [0, 1), got {anomaly_fraction}")
+        normal_class = check_class_index("normal_class", normal_class, range(10))
+        check_choice("split", split, SPLITS)
+        anomaly_fraction = check_fraction("anomaly_fraction", anomaly_fraction)
+        image_size = check_int("image_size", image_size)
+        seed = check_seed(seed)
         digits = load_digits()
         rng = np.random.default_rng(seed)
         train_idx, test_idx = [], []

@@ -7,7 +7,6 @@ final name once every member is out. Whatever goes wrong, nothing half-written i
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import http.client
@@ -43,14 +42,6 @@ _CORRUPT_ARCHIVE_ERRORS = (
 
 class DatasetError(RuntimeError):
     """A data problem the reader can fix; the message names the file or value and the fix."""
-
-
-def closest_name_error(kind: str, value: str, valid: tuple[str, ...]) -> DatasetError:
-    """A DatasetError for a misspelt name, suggesting the closest valid one."""
-    lowered = {name.lower(): name for name in valid}
-    close = difflib.get_close_matches(str(value).lower(), lowered, n=1)
-    hint = f" Did you mean {lowered[close[0]]!r}?" if close else ""
-    return DatasetError(f"Unknown {kind} {value!r}.{hint} Valid: {', '.join(valid)}.")
 
 
 def cache_dir() -> Path:

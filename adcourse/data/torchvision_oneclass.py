@@ -12,8 +12,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from .download import DatasetError, cache_dir, closest_name_error
-from .mvtec import SPLITS
+from .arguments import check_choice, check_class_index, check_int, check_root, check_seed
+from .download import DatasetError, cache_dir
+from .folder import SPLITS
 
 TORCHVISION_SETS = {
     "MNIST": datasets.MNIST,
@@ -48,19 +49,16 @@ class TorchvisionOneClass(Dataset):
         seed: int = 0,
         base: Dataset | None = None,
     ):
-        if name not in TORCHVISION_SETS:
-            raise closest_name_error("torchvision data set", name, tuple(TORCHVISION_SETS))
-        if split not in SPLITS:
-            raise closest_name_error("split", split, SPLITS)
-        root = Path(root) if root is not None else cache_dir() / "torchvision"
+        check_choice("torchvision data set", name, tuple(TORCHVISION_SETS))
+        check_choice("split", split, SPLITS)
+        if image_size is not None:
+            image_size = check_int("image_size", image_size)
+        seed = check_seed(seed)
+        root = check_root(root, cache_dir() / "torchvision")
         if base is None:
             base = _load(name, root, split == "train", download)
         targets = np.asarray(base.targets)
-        classes = np.unique(targets).tolist()
-        if isinstance(normal_class, bool) or normal_class not in classes:
-            raise DatasetError(
-                f"normal_class {normal_class!r} is not a class of {name}; use one of {classes}."
-            )
+        normal_class = check_class_index(f"normal_class of {name}", normal_class, np.unique(targets).tolist())
         normal = np.flatnonzero(targets == normal_class)
         if split == "train":
             indices = normal

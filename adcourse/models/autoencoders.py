@@ -1,11 +1,15 @@
 """The convolutional autoencoder baseline of chapter 2."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_loss, ssim_map
 from ..train import batch_to, fit
@@ -50,6 +54,25 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+@dataclass(frozen=True)
+class AutoencoderSettings:
+    """Settings of :class:`AutoencoderDetector` (``loss`` is fixed by the registered variant)."""
+    loss: Literal["l2", "ssim"] = "l2"
+    latent_dim: int = 64
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    smoothing: float = 2.0  # Gaussian σ of the anomaly maps, in pixels
+
+    def __post_init__(self):
+        checks.one_of(self, "loss", ("l2", "ssim"))
+        checks.at_least(self, 1, "latent_dim", "epochs", "batch_size")
+        checks.positive(self, "lr")
+        checks.non_negative(self, "smoothing")
+
+
+@register("ae_l2", loss="l2")
+@register("ae_ssim", loss="ssim")
 class AutoencoderDetector(Detector):
     """Reconstruction baseline: train a :class:`ConvAutoencoder` on normal images, score residuals.
 
@@ -58,35 +81,32 @@ class AutoencoderDetector(Detector):
     the mean of the unsmoothed map (for ``l2``, the image's reconstruction MSE), as in the sources.
     """
 
+    name = "ae_l2"
+    Settings = AutoencoderSettings
     # quick: a minute on a 2-core CPU; full: a GPU run of real length.
-    PROFILES = {"quick": dict(epochs=30, batch_size=32, lr=2e-3), "full": dict(epochs=300, batch_size=64, lr=1e-3)}
+    PROFILES = {"quick": AutoencoderSettings(),
+                "full": AutoencoderSettings(epochs=300, batch_size=64, lr=1e-3)}
+    fitted = ("network",)
 
-    def __init__(self, loss: str = "l2", latent_dim: int = 64, smoothing: float = 2.0, device=None, **overrides):
-        if loss not in ("l2", "ssim"):
-            raise ValueError(f"loss must be 'l2' or 'ssim', got {loss!r}")
-        self.loss, self.latent_dim, self.smoothing = loss, latent_dim, smoothing
-        self.name = f"ae_{loss}"
-        super().__init__(device, **overrides)
-        self.history: list[float] = []
-
-    def fit(self, train_dataset, profile: str = "quick") -> "AutoencoderDetector":
-        settings = self.profile_settings(profile)
-        channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
+    def build(self, input_shape):
+        channels, size = input_shape[0], input_shape[-1]
         depth = max((d for d in range(1, 5) if size % 2 ** d == 0), default=None)  # 64 → 4, 28 → 2
         if depth is None:
             raise ValueError(f"{self.name} needs an even image side, got {size}; resize the images (image_size=...)")
-        self.network = ConvAutoencoder(channels, size, self.latent_dim, depth=depth).to(self.device)
-        loader = DataLoader(train_dataset, batch_size=settings["batch_size"], shuffle=True,
+        self.network = ConvAutoencoder(channels, size, self.settings.latent_dim, depth=depth).to(self.device)
+        self.history: list[float] = []
+
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
 
         def loss_fn(model, batch):
             x = batch_to(batch, self.device)["image"]
             x_hat = model(x)
-            return ssim_loss(x_hat, x) if self.loss == "ssim" else torch.mean((x_hat - x) ** 2)
+            return ssim_loss(x_hat, x) if s.loss == "ssim" else torch.mean((x_hat - x) ** 2)
 
-        self.history = fit(self.network, loader, loss_fn, epochs=settings["epochs"], lr=settings["lr"],
-                           device=self.device, desc=self.name)
-        return self
+        self.history = fit(self.network, loader, loss_fn, epochs=s.epochs, lr=s.lr, device=self.device, desc=self.name)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -96,15 +116,10 @@ class AutoencoderDetector(Detector):
 
     def residual_maps(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
         """N×H×W pixel scores before smoothing."""
-        if self.loss == "ssim":
+        if self.settings.loss == "ssim":
             return (1 - ssim_map(reconstructions, images)).mean(dim=1)
         return ((images - reconstructions) ** 2).mean(dim=1)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         maps = self.residual_maps(images, self.reconstruct(images)).numpy()
-        return maps.reshape(len(maps), -1).mean(axis=1), smooth_maps(maps, self.smoothing)
-
-
-register("ae_l2")(lambda **kw: AutoencoderDetector(loss="l2", **kw))
-register("ae_ssim")(lambda **kw: AutoencoderDetector(loss="ssim", **kw))
+        return maps.reshape(len(maps), -1).mean(axis=1), smooth_maps(maps, self.settings.smoothing)

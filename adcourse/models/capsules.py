@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
+from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..train import batch_to, fit
 
@@ -207,6 +209,38 @@ def dataset_labels(dataset) -> np.ndarray:
     return np.array([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class CapsNetSettings:
+    """Settings of :class:`CapsNetDetector`: the network, its training and the calibrated threshold."""
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_steps: int = 80             # at least this many optimiser steps, whatever the training set's size
+    conv_channels: int = 16
+    primary_types: int = 4
+    decoder_hidden: tuple[int, int] = (64, 128)
+    routing_iterations: int = 3
+    recon_weight: float = 0.0005
+    calibration_fraction: float = 0.2   # of the training normals, held out to set the threshold (0: none)
+    calibration_quantile: float = 0.95  # the threshold: this quantile of AS on the held-out normals
+    smoothing: float = 1.0          # Gaussian σ of the anomaly maps, in pixels
+    seed: int = 0
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "epochs", "batch_size", "conv_channels", "primary_types", "routing_iterations")
+        checks.at_least(self, 0, "min_steps")
+        checks.positive(self, "lr")
+        checks.non_negative(self, "recon_weight", "smoothing")
+        checks.in_interval(self, "calibration_fraction", 0, 1, high_open=True)
+        checks.in_interval(self, "calibration_quantile", 0, 1)
+        if len(self.decoder_hidden) != 2 or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                    for h in self.decoder_hidden):
+            raise ValueError(f"decoder_hidden={self.decoder_hidden!r} is out of range ({type(self).__name__}): "
+                             "decoder_hidden must be two layer widths of at least 1")
+        object.__setattr__(self, "decoder_hidden", tuple(self.decoder_hidden))
+
+
+@register("capsnet")
 class CapsNetDetector(Detector):
     """Supervised anomaly detection with a two-capsule CapsNet (Piciarelli, Mishra & Foresti).
 
@@ -229,31 +263,32 @@ class CapsNetDetector(Detector):
 
     name = "capsnet"
     supervised = True
-
+    Settings = CapsNetSettings
     PROFILES = {
-        "quick": dict(epochs=10, batch_size=32, lr=1e-3, min_steps=80, conv_channels=16, primary_types=4,
-                      decoder_hidden=(64, 128)),
-        "full": dict(epochs=10, batch_size=32, lr=1e-3, min_steps=1000, conv_channels=256, primary_types=32,
-                     decoder_hidden=(512, 1024)),
+        "quick": CapsNetSettings(),
+        "full": CapsNetSettings(min_steps=1000, conv_channels=256, primary_types=32, decoder_hidden=(512, 1024)),
     }
+    fitted = ("network", "threshold")
 
-    def __init__(self, routing_iterations: int = 3, recon_weight: float = 0.0005, calibration_fraction: float = 0.2,
-                 calibration_quantile: float = 0.95, smoothing: float = 1.0, seed: int = 0, device=None, **overrides):
-        if not 0 <= calibration_fraction < 1:
-            raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
-        self.routing_iterations, self.recon_weight = routing_iterations, recon_weight
-        self.calibration_fraction, self.calibration_quantile = calibration_fraction, calibration_quantile
-        self.smoothing, self.seed = smoothing, seed
-        super().__init__(device, **overrides)
+    # -- training -----------------------------------------------------------------------------
+    def build(self, input_shape):
+        s = self.settings
+        checks.square_images(self.name, input_shape)
+        channels, size = input_shape[0], input_shape[-1]
+        torch.manual_seed(s.seed)
+        self.network = CapsNet(channels, size, s.conv_channels, s.primary_types,
+                               routing_iterations=s.routing_iterations, decoder_hidden=s.decoder_hidden).to(self.device)
         self.history: list[float] = []
         self.threshold: float | None = None
         self.calibration_details: dict | None = None  # lengths, recon_error, score of the held-out normals
-        self.network: CapsNet | None = None
 
-    # -- training -----------------------------------------------------------------------------
-    def fit(self, train_dataset, profile: str = "quick") -> "CapsNetDetector":
-        settings = self.profile_settings(profile)
-        labels = dataset_labels(train_dataset)
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        try:
+            labels = dataset_labels(train_dataset)
+        except KeyError:
+            raise ValueError(f"{self.name} is a supervised method: every training item needs a 'label' "
+                             "(0 normal, 1 anomaly)") from None
         n_anomalies = int((labels == 1).sum())
         if n_anomalies == 0:
             raise ValueError(
@@ -261,43 +296,41 @@ class CapsNetDetector(Detector):
                 f"(label 1), but all {len(labels)} training images are normal. Build an imbalanced training "
                 "set, e.g. OneClassDigits(normal_class, 'train', anomaly_fraction=0.01) (1 % anomalies from "
                 "the other classes), or use a method that trains on normal images only.")
-        rng = np.random.default_rng(self.seed)
+        if not (labels == 0).any():
+            raise ValueError(f"{self.name}: all {len(labels)} training images are labelled anomalies (1); "
+                             "the training set must be mostly normal images (label 0)")
+        rng = np.random.default_rng(s.seed)
         normal_idx = rng.permutation(np.flatnonzero(labels == 0))
-        n_cal = int(round(self.calibration_fraction * len(normal_idx)))
+        n_cal = int(round(s.calibration_fraction * len(normal_idx)))
         calibration, train_idx = normal_idx[:n_cal], np.sort(np.concatenate([normal_idx[n_cal:], np.flatnonzero(labels == 1)]))
         train_part = Subset(train_dataset, train_idx.tolist()) if n_cal else train_dataset
 
-        channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
-        torch.manual_seed(self.seed)
-        self.network = CapsNet(channels, size, settings["conv_channels"], settings["primary_types"],
-                               routing_iterations=self.routing_iterations,
-                               decoder_hidden=tuple(settings["decoder_hidden"])).to(self.device)
-        loader = DataLoader(train_part, batch_size=settings["batch_size"], shuffle=True,
-                            generator=torch.Generator().manual_seed(self.seed))
-        epochs = max(settings["epochs"], math.ceil(settings["min_steps"] / max(len(loader), 1)))
+        loader = DataLoader(train_part, batch_size=s.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(s.seed))
+        epochs = max(s.epochs, math.ceil(s.min_steps / max(len(loader), 1)))
 
         def loss_fn(model, batch):
             batch = batch_to(batch, self.device)
             x, y = batch["image"], torch.as_tensor(batch["label"], device=self.device)
-            return capsnet_loss(model(x), x, y, self.recon_weight)
+            return capsnet_loss(model(x), x, y, s.recon_weight)
 
-        self.history = fit(self.network, loader, loss_fn, epochs=epochs, lr=settings["lr"],
-                           device=self.device, desc=self.name)
+        self.history = fit(self.network, loader, loss_fn, epochs=epochs, lr=s.lr, device=self.device, desc=self.name)
         self.n_train, self.n_train_anomalies, self.epochs = len(train_idx), n_anomalies, epochs
         if n_cal:
             images = torch.stack([train_dataset[int(i)]["image"] for i in calibration])
-            cal = self.details(images)
+            cal = self.capsule_outputs(images)
             self.calibration_details = {k: cal[k] for k in ("lengths", "recon_error", "score")}
-            self.threshold = float(np.quantile(cal["score"], self.calibration_quantile))
-        return self
+            self.threshold = float(np.quantile(cal["score"], s.calibration_quantile))
 
     # -- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
     def details(self, images: torch.Tensor, batch_size: int = 128) -> dict:
         """Everything the chapter plots, as numpy arrays: ``lengths`` (N × 2), ``recon_error`` (N,),
         ``score`` (AS, N), ``standard`` (N, bool: ‖z_a‖ > ‖z_n‖), ``reconstruction`` (N × C × H × W)."""
-        if self.network is None:
-            raise RuntimeError(f"{self.name}: call fit(train_dataset) before scoring images")
+        return self.capsule_outputs(self.check_images(images), batch_size)
+
+    @torch.no_grad()
+    def capsule_outputs(self, images: torch.Tensor, batch_size: int = 128) -> dict:
+        """:meth:`details` without the checks of the images (``fit`` calls it on its calibration images)."""
         self.network.eval()
         lengths, recons = [], []
         for i in range(0, len(images), batch_size):
@@ -310,20 +343,17 @@ class CapsNetDetector(Detector):
                 "score": anomaly_score(lengths, recon_error).numpy(),
                 "standard": standard_decision(lengths).numpy(), "reconstruction": recons.numpy()}
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        d = self.details(images)
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        d = self.capsule_outputs(images)
         maps = ((images.float().cpu().numpy() - d["reconstruction"]) ** 2).mean(axis=1)
-        return d["score"], smooth_maps(maps, self.smoothing)
+        return d["score"], smooth_maps(maps, self.settings.smoothing)
 
     def decide(self, images: torch.Tensor) -> np.ndarray:
         """Anomalous (True) when AS exceeds the calibrated ``threshold``."""
+        images = self.check_images(images)
         if self.threshold is None:
             raise RuntimeError(f"{self.name}: no threshold; fit with calibration_fraction > 0 or set .threshold")
-        return self.details(images)["score"] > self.threshold
-
-
-register("capsnet")(CapsNetDetector)
+        return self.capsule_outputs(images)["score"] > self.threshold
 
 
 # -- the chapter's protocol ----------------------------------------------------------------------
@@ -346,8 +376,9 @@ def imbalanced_torchvision(name: str, normal_class: int, anomaly_fraction: float
                            image_size: int | None = None, download: bool = False, train_base=None,
                            test_base=None) -> tuple[Dataset, Dataset]:
     """The source's protocol on a torchvision set: ``(train, test)``. The training set holds every
-    training image of ``normal_class`` plus ``anomaly_fraction`` of the total drawn (seeded) from the
-    other classes' training images (at least one); the test split is the balanced one of
+    training image of ``normal_class`` plus anomalies drawn (seeded) from the other classes' training
+    images, as many as ``anomaly_fraction`` of the normal images (thesis §3.3.1: 10 % or 1 % "of the
+    normal data", 600 or 60 for MNIST's 6000; at least one); the test split is the balanced one of
     :class:`~adcourse.data.TorchvisionOneClass`. Raises ``DatasetError`` when the data is not on disk.
     ``train_base`` / ``test_base`` replace the torchvision sets (small stand-ins in tests).
     """
@@ -359,7 +390,7 @@ def imbalanced_torchvision(name: str, normal_class: int, anomaly_fraction: float
                                base=test_base)
     others = ConcatDataset([TorchvisionOneClass(name, root, c, "train", image_size=image_size, base=normal.base)
                             for c in np.unique(np.asarray(normal.base.targets)).tolist() if c != normal_class])
-    n_anomalies = max(1, round(anomaly_fraction * len(normal) / (1 - anomaly_fraction)))
+    n_anomalies = max(1, round(anomaly_fraction * len(normal)))
     drawn = np.random.default_rng(seed).permutation(len(others))[:n_anomalies]
     images = [normal[i]["image"] for i in range(len(normal))] + [others[int(i)]["image"] for i in drawn]
     labels = np.r_[np.zeros(len(normal), dtype=np.int64), np.ones(len(drawn), dtype=np.int64)]

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
+from sklearn.metrics import pairwise_distances
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import corruption as _corruption
+from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..train import fit
 
@@ -230,6 +233,9 @@ class GaussianActivationScorer:
         self.dim, self.reduce, self.seed = dim, reduce, seed
         self.indices: list[np.ndarray] = []
         self.gaussians: list[LedoitWolf] = []
+        # What scoring reads of each layer's Gaussian: its mean and its precision (inverse covariance).
+        self.locations: list[np.ndarray] = []
+        self.precisions: list[np.ndarray] = []
 
     def vectors(self, layer: int, activation: torch.Tensor) -> np.ndarray:
         """N×d vectors of one layer's N×C×h×w activation (drawing the layer's mask on first use)."""
@@ -248,16 +254,36 @@ class GaussianActivationScorer:
             if len(activation) < 2:
                 raise ValueError("a Gaussian needs at least 2 training images")
             self.gaussians.append(LedoitWolf().fit(self.vectors(layer, activation)))
+        self.locations = [g.location_ for g in self.gaussians]
+        self.precisions = [g.get_precision() for g in self.gaussians]
         return self
+
+    def state(self) -> dict:
+        """Everything scoring needs, as tensors and plain values (what a saved detector stores)."""
+        return {"dim": self.dim, "reduce": self.reduce, "seed": self.seed,
+                "indices": [torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in self.indices],
+                "locations": [torch.from_numpy(loc) for loc in self.locations],
+                "precisions": [torch.from_numpy(p) for p in self.precisions]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "GaussianActivationScorer":
+        """A scorer that scores exactly as the one whose :meth:`state` this is."""
+        scorer = cls(state["dim"], state["reduce"], state["seed"])
+        scorer.indices = [i.numpy() for i in state["indices"]]
+        scorer.locations = [loc.numpy() for loc in state["locations"]]
+        scorer.precisions = [p.numpy() for p in state["precisions"]]
+        return scorer
 
     def layer_scores(self, layer_activations: Sequence[torch.Tensor]) -> np.ndarray:
         """L×N squared Mahalanobis distances divided by each layer's dimension."""
-        if not self.gaussians:
+        if not self.locations:
             raise RuntimeError("call fit(...) on activations of clean images first")
-        if len(layer_activations) != len(self.gaussians):
-            raise ValueError(f"fitted on {len(self.gaussians)} layers, got {len(layer_activations)}")
-        return np.stack([g.mahalanobis(self.vectors(i, a)) / len(self.indices[i])
-                         for i, (g, a) in enumerate(zip(self.gaussians, layer_activations))])
+        if len(layer_activations) != len(self.locations):
+            raise ValueError(f"fitted on {len(self.locations)} layers, got {len(layer_activations)}")
+        # The computation of sklearn's EmpiricalCovariance.mahalanobis, on the stored mean and precision.
+        layers = zip(self.locations, self.precisions, layer_activations)
+        return np.stack([pairwise_distances(self.vectors(i, a), loc[None], metric="mahalanobis", VI=precision)[:, 0] ** 2
+                         / len(self.indices[i]) for i, (loc, precision, a) in enumerate(layers)])
 
     def score(self, layer_activations: Sequence[torch.Tensor]) -> np.ndarray:
         """One score per image: the sum of :meth:`layer_scores` over layers."""
@@ -278,6 +304,60 @@ def _largest_depth(size: int, wanted: int, min_side: int = 4) -> int:
     return depth
 
 
+@dataclass(frozen=True)
+class CorruptionAESettings:
+    """Settings of :class:`CorruptionAEDetector` (``arch``, ``corruption`` and ``scoring`` are fixed by
+    the registered variants)."""
+    arch: Literal["ae", "aesc"] = "aesc"
+    # a name of CORRUPTIONS, or a function fn(image, rng) -> (corrupted, mask) (such a detector cannot be saved)
+    corruption: str | Callable = "stain"
+    scoring: Literal["residual", "mcd", "gaussian"] = "residual"
+    dropout: str | float | tuple[float, ...] = "source"  # "source" (source_dropout), one rate, or one rate per level
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 3e-3
+    width: int = 8
+    depth: int = 4                  # lowered to fit the image side
+    mc_samples: int = 8             # Monte Carlo dropout passes
+    plateau: bool = False           # halve the learning rate on loss plateaus
+    corruption_pool: int | None = None  # None: a fresh corruption at every step; K: K versions drawn once
+    smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
+    image_score: Literal["max", "mean"] = "max"
+    seed: int = 0
+
+    def __post_init__(self):
+        checks.one_of(self, "arch", sorted(ARCHITECTURES))
+        if isinstance(self.corruption, str):
+            checks.one_of(self, "corruption", sorted(CORRUPTIONS))
+        elif not callable(self.corruption):
+            raise TypeError(f"corruption must be a name of {sorted(CORRUPTIONS)} or a function "
+                            f"fn(image, rng) -> (corrupted, mask), got {type(self.corruption).__name__}")
+        checks.one_of(self, "scoring", ("residual", "mcd", "gaussian"))
+        checks.one_of(self, "image_score", ("max", "mean"))
+        rates = self.dropout if isinstance(self.dropout, (tuple, list)) else [self.dropout]
+        if self.dropout != "source" and not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p < 1
+                                                for p in rates):
+            raise ValueError(f"dropout={self.dropout!r} is out of range ({type(self).__name__}): dropout must be "
+                             "'source', one rate in [0, 1) or one rate in [0, 1) per level")
+        if isinstance(self.dropout, list):
+            object.__setattr__(self, "dropout", tuple(self.dropout))
+        checks.at_least(self, 1, "epochs", "batch_size", "width", "depth", "corruption_pool")
+        checks.at_least(self, 2, "mc_samples")
+        checks.positive(self, "lr")
+        checks.non_negative(self, "smoothing")
+
+
+def variant_name(settings: CorruptionAESettings) -> str:
+    """``arch_corruption`` (``clean`` for no corruption), with ``_mcd`` for Monte Carlo dropout scoring."""
+    corruption = settings.corruption
+    label = corruption if isinstance(corruption, str) else getattr(corruption, "__name__", "custom")
+    return f"{settings.arch}_{'clean' if label == 'none' else label}" + ("_mcd" if settings.scoring == "mcd" else "")
+
+
+@register("ae_stain", arch="ae", corruption="stain", scoring="residual")
+@register("aesc_stain", arch="aesc", corruption="stain", scoring="residual")
+@register("aesc_stain_mcd", arch="aesc", corruption="stain", scoring="mcd")
+@register("aesc_clean", arch="aesc", corruption="none", scoring="residual")
 class CorruptionAEDetector(Detector):
     """Train :class:`AE` / :class:`AESc` to map corrupted training images to the clean ones.
 
@@ -286,84 +366,81 @@ class CorruptionAEDetector(Detector):
     ``"mcd"`` (per-pixel variance of ``mc_samples`` Monte Carlo dropout passes) or ``"gaussian"``
     (:class:`GaussianActivationScorer`, image scores only: its maps are None). Every model is
     trained with the source's dropout schedule (``dropout="source"``, see :func:`source_dropout`),
-    so one trained network can be scored all three ways (:meth:`predict_with`).
+    and ``fit`` also fits the Gaussians of the clean training images' activations, so one trained
+    network can be scored all three ways (:meth:`predict_with`).
 
-    Profile settings (overridable as keyword arguments): ``epochs``, ``batch_size``, ``lr``,
-    ``width``, ``depth`` (lowered to fit the image side), ``mc_samples``, ``plateau`` (halve the
-    learning rate on loss plateaus) and ``corruption_pool``: None draws a fresh corruption for every
-    image at every step; an integer K draws K corrupted versions of every training image once, and
-    each step picks one of them (faster when drawing is the bottleneck, less varied).
+    Settings (see :class:`CorruptionAESettings`): ``epochs``, ``batch_size``, ``lr``, ``width``,
+    ``depth`` (lowered to fit the image side), ``mc_samples``, ``plateau`` (halve the learning rate
+    on loss plateaus) and ``corruption_pool``: None draws a fresh corruption for every image at
+    every step; an integer K draws K corrupted versions of every training image once, and each step
+    picks one of them (faster when drawing is the bottleneck, less varied).
 
     Maps are Gaussian-smoothed with ``smoothing`` pixels; the image score is the maximum of the
     smoothed map (``image_score="max"``, the official choice for pixel-map methods) or its mean.
+    Created directly (not through :func:`~adcourse.detectors.create`), the detector is named after
+    its variant, e.g. ``ae_clean`` or ``aesc_gaussian``.
     """
 
+    name = "aesc_stain"
+    Settings = CorruptionAESettings
     PROFILES = {
         # quick: seconds per model on a 2-core CPU (64×64 patches, narrow and shallow network).
-        "quick": dict(epochs=8, batch_size=32, lr=3e-3, width=8, depth=4, mc_samples=8, plateau=False,
-                      corruption_pool=None),
+        "quick": CorruptionAESettings(),
         # full: the source's settings (ICPR 2020): depth 6, 16·2^i maps, batch 16, 250 epochs,
         # Adam 0.01 decayed on plateau, 30 Monte Carlo samples; 8 corruptions per image drawn in advance
         # (drawing a fresh one at every step keeps the GPU waiting for the CPU).
-        "full": dict(epochs=250, batch_size=16, lr=1e-2, width=16, depth=6, mc_samples=30, plateau=True,
-                     corruption_pool=8),
+        "full": CorruptionAESettings(epochs=250, batch_size=16, lr=1e-2, width=16, depth=6, mc_samples=30,
+                                     plateau=True, corruption_pool=8),
     }
+    fitted = ("network", "activation_gaussians")
 
-    def __init__(self, arch: str = "aesc", corruption="stain", scoring: str = "residual",
-                 dropout="source", smoothing: float = 2.0, image_score: str = "max", seed: int = 0,
-                 device=None, **overrides):
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-        if isinstance(corruption, str) and corruption not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {corruption!r}; choose one of {sorted(CORRUPTIONS)}")
-        if scoring not in ("residual", "mcd", "gaussian"):
-            raise ValueError(f"scoring must be 'residual', 'mcd' or 'gaussian', got {scoring!r}")
-        if image_score not in ("max", "mean"):
-            raise ValueError(f"image_score must be 'max' or 'mean', got {image_score!r}")
-        self.arch, self.corruption, self.scoring, self.dropout = arch, corruption, scoring, dropout
-        self.smoothing, self.image_score, self.seed = smoothing, image_score, seed
-        label = corruption if isinstance(corruption, str) else getattr(corruption, "__name__", "custom")
-        self.name = f"{arch}_{'clean' if label == 'none' else label}" + ("_mcd" if scoring == "mcd" else "")
-        super().__init__(device, **overrides)
+    def __init__(self, device=None, method: str | None = None, **overrides):
+        super().__init__(device, method, **overrides)
+        if method is None:
+            self.name = variant_name(self.settings_for("quick"))
+
+    def build(self, input_shape):
+        s = self.settings
+        channels, height, width = input_shape
+        depth = _largest_depth(min(height, width), s.depth)
+        dropout = source_dropout(depth) if s.dropout == "source" else s.dropout
+        self.network = ARCHITECTURES[s.arch](channels, depth, s.width, dropout=dropout).to(self.device)
+        self.activation_gaussians: dict | None = None
         self.history: list[float] = []
-        self.gaussian: GaussianActivationScorer | None = None
 
-    def fit(self, train_dataset, profile: str = "quick") -> "CorruptionAEDetector":
-        settings = self.profile_settings(profile)
-        self.train_images = clean = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
-        depth = _largest_depth(min(clean.shape[-2:]), settings["depth"])
-        dropout = source_dropout(depth) if self.dropout == "source" else self.dropout
-        self.network = ARCHITECTURES[self.arch](clean.shape[1], depth, settings["width"],
-                                                dropout=dropout).to(self.device)
-        rng = np.random.default_rng(self.seed)
-        pool = settings.get("corruption_pool")
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        clean = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
+        rng = np.random.default_rng(s.seed)
+        pool = s.corruption_pool
         if pool:  # draw `pool` corrupted versions of every image once; each step picks one at random
-            versions = torch.stack([corrupt_batch(clean, self.corruption, rng) for _ in range(pool)])
+            versions = torch.stack([corrupt_batch(clean, s.corruption, rng) for _ in range(pool)])
         # The loader yields indices into `clean`, so that inputs and targets stay paired.
-        loader = DataLoader(torch.arange(len(clean)), batch_size=settings["batch_size"], shuffle=True,
-                            generator=torch.Generator().manual_seed(self.seed))
+        loader = DataLoader(torch.arange(len(clean)), batch_size=s.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(s.seed))
 
         def loss_fn(model, index):
             if pool:
                 noisy = versions[torch.from_numpy(rng.integers(0, pool, len(index))), index]
             else:
-                noisy = corrupt_batch(clean[index], self.corruption, rng)
+                noisy = corrupt_batch(clean[index], s.corruption, rng)
             return torch.mean((model(noisy.to(self.device)) - clean[index].to(self.device)) ** 2)
 
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=settings["lr"])
-        if settings.get("plateau"):  # the source: Adam 0.01, learning rate halved on plateaus
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=s.lr)
+        if s.plateau:  # the source: Adam 0.01, learning rate halved on plateaus
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
             self.history = []
-            for _ in range(settings["epochs"]):
+            for _ in range(s.epochs):
                 self.history += fit(self.network, loader, loss_fn, epochs=1, optimizer=optimizer,
                                     device=self.device, progress=False)
                 scheduler.step(self.history[-1])
         else:
-            self.history = fit(self.network, loader, loss_fn, epochs=settings["epochs"], optimizer=optimizer,
+            self.history = fit(self.network, loader, loss_fn, epochs=s.epochs, optimizer=optimizer,
                                device=self.device, desc=self.name)
         enable_dropout(self.network, False)
-        self.gaussian = None
-        return self
+        # The Gaussians of the clean training images' activations, for scoring="gaussian".
+        self.activation_gaussians = GaussianActivationScorer(seed=s.seed).fit(
+            activations(self.network, clean, device=self.device)).state()
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -374,13 +451,21 @@ class CorruptionAEDetector(Detector):
 
     def _image_scores(self, maps: np.ndarray) -> np.ndarray:
         flat = maps.reshape(len(maps), -1)
-        return flat.max(axis=1) if self.image_score == "max" else flat.mean(axis=1)
+        return flat.max(axis=1) if self.settings.image_score == "max" else flat.mean(axis=1)
 
-    @torch.no_grad()
     def predict_with(self, images: torch.Tensor, scoring: str) -> tuple[np.ndarray, np.ndarray | None]:
         """``(scores, maps)`` of the trained network under any ``scoring`` (see the class)."""
+        images = self.check_images(images)
+        with torch.no_grad():
+            return self._score_with(images, scoring)
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._score_with(images, self.settings.scoring)
+
+    def _score_with(self, images: torch.Tensor, scoring: str) -> tuple[np.ndarray, np.ndarray | None]:
+        s = self.settings
         if scoring == "residual":
-            maps = smooth_maps(residual_map(images, self.reconstruct(images)).numpy(), self.smoothing)
+            maps = smooth_maps(residual_map(images, self.reconstruct(images)).numpy(), s.smoothing)
             return self._image_scores(maps), maps
         if scoring == "mcd":
             if not any(p > 0 for p in self.network.dropout_rates):
@@ -388,20 +473,14 @@ class CorruptionAEDetector(Detector):
             # The dropout masks come from a generator seeded with `seed`: the same network gives
             # the same scores whatever ran before (without touching the caller's random state).
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(self.seed)
-                _, variance = mc_dropout(self.network, images, self.settings["mc_samples"], device=self.device)
-            maps = smooth_maps(variance.mean(dim=1).numpy(), self.smoothing)
+                torch.manual_seed(s.seed)
+                _, variance = mc_dropout(self.network, images, s.mc_samples, device=self.device)
+            maps = smooth_maps(variance.mean(dim=1).numpy(), s.smoothing)
             return self._image_scores(maps), maps
         if scoring == "gaussian":
-            if self.gaussian is None:  # fitted once, on the clean training images
-                self.gaussian = GaussianActivationScorer(seed=self.seed).fit(
-                    activations(self.network, self.train_images, device=self.device))
-            return self.gaussian.score(activations(self.network, images, device=self.device)), None
+            scorer = GaussianActivationScorer.from_state(self.activation_gaussians)
+            return scorer.score(activations(self.network, images, device=self.device)), None
         raise ValueError(f"scoring must be 'residual', 'mcd' or 'gaussian', got {scoring!r}")
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.predict_with(images, self.scoring)
 
 
 def save_results(results: dict, path: str | os.PathLike, **extra) -> Path:
@@ -413,8 +492,3 @@ def save_results(results: dict, path: str | os.PathLike, **extra) -> Path:
     os.replace(tmp, path)
     return path
 
-
-register("ae_stain")(lambda **kw: CorruptionAEDetector(arch="ae", corruption="stain", **kw))
-register("aesc_stain")(lambda **kw: CorruptionAEDetector(arch="aesc", corruption="stain", **kw))
-register("aesc_stain_mcd")(lambda **kw: CorruptionAEDetector(arch="aesc", corruption="stain", scoring="mcd", **kw))
-register("aesc_clean")(lambda **kw: CorruptionAEDetector(arch="aesc", corruption="none", **kw))

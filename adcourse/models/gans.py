@@ -20,7 +20,8 @@ gives the same numbers.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from .. import checks
 from ..detectors import Detector, ScoringGraph, register
 from ..losses import gradient_penalty
 from ..train import pick_device
@@ -655,7 +657,15 @@ class PixelStats:
         self.cov = np.cov(pairs, rowvar=False) + 1e-12 * np.eye(2)
 
     def state(self) -> dict:
+        """The statistics as plain numbers (what a saved detector stores)."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "cov": self.cov.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PixelStats":
+        """The statistics that :meth:`state` returned, exactly (float64 throughout)."""
+        stats = cls.__new__(cls)
+        stats.mean, stats.std, stats.cov = (np.asarray(state[k], dtype=np.float64) for k in ("mean", "std", "cov"))
+        return stats
 
 
 AGGREGATIONS = ("max", "linear", "mahalanobis", "l_r", "l_d")
@@ -697,8 +707,7 @@ def mean_filter(maps: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _patch_size(images: torch.Tensor, wanted: int, multiple: int = 1) -> int:
-    side = min(images.shape[-2:])
+def _patch_size(side: int, wanted: int, multiple: int = 1) -> int:
     size = min(wanted, side)
     size -= size % multiple
     if size < multiple:
@@ -706,6 +715,34 @@ def _patch_size(images: torch.Tensor, wanted: int, multiple: int = 1) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class FAnoGANSettings:
+    """Settings of :class:`FAnoGANDetector`: the WGAN-GP, the izi_f encoder and the sliding window."""
+    patch_size: int = 32        # training crops (lowered to 4·2^k that fits the images)
+    n_patches: int = 4096       # random crops drawn once from the training images
+    latent_dim: int = 32
+    width: int = 16
+    gan_steps: int = 120        # generator steps of the WGAN-GP
+    n_critic: int = 5           # critic steps per generator step
+    batch_size: int = 32
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.9)
+    encoder_steps: int = 200
+    encoder_lr: float = 1e-3
+    kappa: float = 1.0          # weight of the critic-feature residual in a window's score
+    stride: int = 8             # of the sliding window at test time, in pixels
+    smoothing: float = 2.0      # Gaussian σ of the anomaly maps, in pixels
+
+    def __post_init__(self):
+        checks.at_least(self, 8, "patch_size")
+        checks.at_least(self, 1, "n_patches", "latent_dim", "width", "gan_steps", "n_critic", "batch_size",
+                        "encoder_steps", "stride")
+        checks.positive(self, "lr", "encoder_lr")
+        checks.non_negative(self, "kappa", "smoothing")
+        checks.betas(self)
+
+
+@register("fanogan")
 class FAnoGANDetector(Detector):
     """f-AnoGAN on patches (Schlegl et al., 2019): a WGAN-GP, then an izi_f encoder, then residuals.
 
@@ -716,47 +753,45 @@ class FAnoGANDetector(Detector):
     score A = residual + κ·critic-feature residual.
     """
 
-    PROFILES = {
-        "quick": dict(patch_size=32, n_patches=4096, latent_dim=32, width=16, gan_steps=120, n_critic=5,
-                      batch_size=32, lr=1e-3, betas=(0.5, 0.9), encoder_steps=200, encoder_lr=1e-3,
-                      stride=8, smoothing=2.0),
-        "full": dict(patch_size=64, n_patches=12000, latent_dim=128, width=64, gan_steps=10000, n_critic=5,
-                     batch_size=64, lr=1e-4, betas=(0.0, 0.9), encoder_steps=10000, encoder_lr=5e-5,
-                     stride=16, smoothing=4.0),
-    }
-
     name = "fanogan"
+    Settings = FAnoGANSettings
+    PROFILES = {
+        "quick": FAnoGANSettings(),
+        "full": FAnoGANSettings(patch_size=64, n_patches=12000, latent_dim=128, width=64, gan_steps=10000,
+                                batch_size=64, lr=1e-4, betas=(0.0, 0.9), encoder_steps=10000, encoder_lr=5e-5,
+                                stride=16, smoothing=4.0),
+    }
+    fitted = ("network",)
 
-    def __init__(self, kappa: float = 1.0, device=None, **overrides):
-        self.kappa = kappa
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        channels, height, width = input_shape
+        side = min(s.patch_size, height, width)
+        if side < 8:
+            raise ValueError(f"fanogan needs images of at least 8×8 pixels, got {(height, width)}")
+        self.patch = 4 * 2 ** int(math.log2(side / 4))  # the generator makes sides 4·2^k
+        self.generator = Generator(s.latent_dim, channels, self.patch, s.width)
+        self.critic = Critic(channels, self.patch, s.width)
+        self.encoder = Encoder(channels, self.patch, s.latent_dim, s.width)
+        self.network = nn.ModuleDict({"generator": self.generator, "critic": self.critic, "encoder": self.encoder})
         self.history: dict = {}
 
-    def fit(self, train_dataset, profile: str = "quick") -> "FAnoGANDetector":
-        s = self.profile_settings(profile)
-        images = _as_signed_images(train_dataset)
-        side = min(s["patch_size"], *images.shape[-2:])
-        if side < 8:
-            raise ValueError(f"fanogan needs images of at least 8×8 pixels, got {tuple(images.shape[-2:])}")
-        self.patch = 4 * 2 ** int(math.log2(side / 4))  # the generator makes sides 4·2^k
-        crops = random_crops(images, self.patch, s["n_patches"], seed=0)
-        channels = images.shape[1]
-        self.generator = Generator(s["latent_dim"], channels, self.patch, s["width"])
-        self.critic = Critic(channels, self.patch, s["width"])
-        self.encoder = Encoder(channels, self.patch, s["latent_dim"], s["width"])
-        self.network = nn.ModuleDict({"generator": self.generator, "critic": self.critic, "encoder": self.encoder})
-        self.history["wgan"] = train_wgan(self.generator, self.critic, crops, steps=s["gan_steps"],
-                                          latent_dim=s["latent_dim"], n_critic=s["n_critic"],
-                                          batch_size=s["batch_size"], lr=s["lr"], betas=s["betas"], device=self.device)
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        crops = random_crops(_as_signed_images(train_dataset), self.patch, s.n_patches, seed=0)
+        self.history["wgan"] = train_wgan(self.generator, self.critic, crops, steps=s.gan_steps,
+                                          latent_dim=s.latent_dim, n_critic=s.n_critic, batch_size=s.batch_size,
+                                          lr=s.lr, betas=s.betas, device=self.device)
         self.history["encoder"] = train_izif(self.encoder, self.generator, self.critic, crops,
-                                             steps=s["encoder_steps"], kappa=self.kappa, batch_size=s["batch_size"],
-                                             lr=s["encoder_lr"], device=self.device)
-        return self
+                                             steps=s.encoder_steps, kappa=s.kappa, batch_size=s.batch_size,
+                                             lr=s.encoder_lr, device=self.device)
 
     def export_graph(self, images: torch.Tensor):
         """Encoder, generator and critic as one patch -> (residual map, score) graph, on a patch."""
+        kappa = self.settings.kappa
+
         def score(x, encoder, generator, critic):
-            out = fanogan_scores(x, encoder, generator, critic, self.kappa)
+            out = fanogan_scores(x, encoder, generator, critic, kappa)
             return out["residual"], out["score"]
         return ScoringGraph(score, self.encoder, self.generator, self.critic), images[..., :self.patch, :self.patch]
 
@@ -764,10 +799,10 @@ class FAnoGANDetector(Detector):
     def score_patches(self, patches: torch.Tensor) -> dict:
         """:func:`fanogan_scores` of N×C×P×P patches given in [0, 1]."""
         self.network.eval()
-        return fanogan_scores(to_signed(patches.to(self.device)), self.encoder, self.generator, self.critic, self.kappa)
+        return fanogan_scores(to_signed(patches.to(self.device)), self.encoder, self.generator, self.critic,
+                              self.settings.kappa)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = [], []
         for start in range(0, len(images), 16):
             batch = images[start:start + 16].to(self.device)
@@ -778,12 +813,41 @@ class FAnoGANDetector(Detector):
                 window_scores.append(out["score"])
                 return out["residual"][:, None]
 
-            maps.append(patchwise_maps(fn, batch, self.patch, self.settings["stride"])[:, 0].cpu())
+            maps.append(patchwise_maps(fn, batch, self.patch, self.settings.stride)[:, 0].cpu())
             scores.append(torch.stack(window_scores, dim=1).amax(dim=1).cpu())
         maps = torch.cat(maps).numpy()
-        return torch.cat(scores).numpy(), np.stack([ndimage.gaussian_filter(m, self.settings["smoothing"]) for m in maps])
+        return torch.cat(scores).numpy(), np.stack([ndimage.gaussian_filter(m, self.settings.smoothing) for m in maps])
 
 
+@dataclass(frozen=True)
+class FCBiGANSettings:
+    """Settings of :class:`FCBiGANDetector`: the networks, their training, and the scoring."""
+    patch_size: int = 32            # training crops (lowered to a multiple of 2^depth that fits)
+    n_patches: int = 4096
+    latent_channels: int = 8
+    width: int = 16                 # of the encoder and generator
+    d_width: int = 8                # of the discriminator
+    depth: int = 3                  # halvings: the code is 2^depth times smaller than the image
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    recon_weight: float = 1.0       # the reconstruction penalty (0: a fully convolutional BiGAN)
+    aggregation: Literal["max", "linear", "mahalanobis", "l_r", "l_d"] = "max"
+    alpha: float = 0.5              # weight of z(L_D) in the linear aggregation
+    filter_size: int = 8            # of the mean filter on the maps, in pixels
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "patch_size", "n_patches", "latent_channels", "width", "d_width", "depth", "steps",
+                        "batch_size", "filter_size")
+        checks.positive(self, "lr")
+        checks.non_negative(self, "recon_weight")
+        checks.in_interval(self, "alpha", 0, 1)
+        checks.one_of(self, "aggregation", AGGREGATIONS)
+        checks.betas(self)
+
+
+@register("fcbigan")
 class FCBiGANDetector(Detector):
     """The fully convolutional BiGAN of Peccia (2021): trained on patches, applied to whole images.
 
@@ -792,45 +856,49 @@ class FCBiGANDetector(Detector):
     the statistics of the per-pixel losses L_R and L_D on the whole training images. ``predict``
     runs each whole image through the networks once, z-scores L_R and L_D, aggregates them
     (``aggregation``: max by default, as the source reports; see :func:`aggregate_scores`) and
-    smooths with a ``filter_size`` mean filter. The image score is the map's maximum.
+    smooths with a ``filter_size`` mean filter. The image score is the map's maximum. Being fully
+    convolutional, it scores images of any size whose sides are multiples of 2^``depth``.
     """
 
-    PROFILES = {
-        "quick": dict(patch_size=32, n_patches=4096, latent_channels=8, width=16, d_width=8, depth=3, steps=300,
-                      batch_size=16, lr=5e-4, betas=(0.5, 0.999), recon_weight=1.0, filter_size=8),
-        "full": dict(patch_size=48, n_patches=12000, latent_channels=16, width=32, d_width=32, depth=3, steps=15000,
-                     batch_size=32, lr=1e-4, betas=(0.5, 0.999), recon_weight=1.0, filter_size=16),
-    }
-
     name = "fcbigan"
+    Settings = FCBiGANSettings
+    PROFILES = {
+        "quick": FCBiGANSettings(),
+        "full": FCBiGANSettings(patch_size=48, n_patches=12000, latent_channels=16, width=32, d_width=32,
+                                steps=15000, batch_size=32, lr=1e-4, filter_size=16),
+    }
+    fitted = ("network", "pixel_statistics")
+    any_image_size = True
 
-    def __init__(self, aggregation: str = "max", alpha: float = 0.5, device=None, **overrides):
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.aggregation, self.alpha = aggregation, alpha
-        super().__init__(device, **overrides)
-        self.history: dict = {}
-
-    def fit(self, train_dataset, profile: str = "quick") -> "FCBiGANDetector":
-        s = self.profile_settings(profile)
-        images = _as_signed_images(train_dataset)
-        factor = 2 ** s["depth"]
-        if images.shape[-1] % factor or images.shape[-2] % factor:
-            raise ValueError(f"fcbigan needs image sides that are multiples of {factor}, got {tuple(images.shape[-2:])}")
-        self.patch = _patch_size(images, s["patch_size"], factor)
-        crops = random_crops(images, self.patch, s["n_patches"], seed=0)
-        channels = images.shape[1]
-        self.encoder = FCEncoder(channels, s["latent_channels"], s["width"], s["depth"])
-        self.generator = FCGenerator(s["latent_channels"], channels, s["width"], s["depth"])
-        self.discriminator = FCDiscriminator(channels, s["latent_channels"], s["d_width"], factor)
+    def build(self, input_shape):
+        s = self.settings
+        channels, height, width = input_shape
+        factor = 2 ** s.depth
+        if height % factor or width % factor:
+            raise ValueError(f"fcbigan needs image sides that are multiples of {factor}, got {(height, width)}")
+        self.patch = _patch_size(min(height, width), s.patch_size, factor)
+        self.encoder = FCEncoder(channels, s.latent_channels, s.width, s.depth)
+        self.generator = FCGenerator(s.latent_channels, channels, s.width, s.depth)
+        self.discriminator = FCDiscriminator(channels, s.latent_channels, s.d_width, factor)
         self.network = nn.ModuleDict({"encoder": self.encoder, "generator": self.generator,
                                       "discriminator": self.discriminator})
-        self.history = train_fcbigan(self.encoder, self.generator, self.discriminator, crops, steps=s["steps"],
-                                     recon_weight=s["recon_weight"], batch_size=s["batch_size"], lr=s["lr"],
-                                     betas=s["betas"], device=self.device)
+        self.pixel_statistics: dict | None = None
+        self.history: dict = {}
+
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        images = _as_signed_images(train_dataset)
+        crops = random_crops(images, self.patch, s.n_patches, seed=0)
+        self.history = train_fcbigan(self.encoder, self.generator, self.discriminator, crops, steps=s.steps,
+                                     recon_weight=s.recon_weight, batch_size=s.batch_size, lr=s.lr,
+                                     betas=s.betas, device=self.device)
         losses = self.pixel_losses(to_unit(images))
-        self.stats = PixelStats(losses["l_r"], losses["l_d"])
-        return self
+        self.pixel_statistics = PixelStats(losses["l_r"], losses["l_d"]).state()
+
+    @property
+    def stats(self) -> PixelStats:
+        """The :class:`PixelStats` of the training images (saved as plain numbers in ``pixel_statistics``)."""
+        return PixelStats.from_state(self.pixel_statistics)
 
     @torch.no_grad()
     def pixel_losses(self, images: torch.Tensor, batch_size: int = 16) -> dict:
@@ -847,15 +915,17 @@ class FCBiGANDetector(Detector):
             return out["l_r"], out["l_d"]
         return ScoringGraph(losses, self.encoder, self.generator, self.discriminator), images
 
-    def maps_from_losses(self, losses: dict, aggregation: str | None = None, filter_size: int | None = None) -> np.ndarray:
-        maps = aggregate_scores(losses["l_r"], losses["l_d"], self.stats, aggregation or self.aggregation, self.alpha)
-        return mean_filter(maps, self.settings["filter_size"] if filter_size is None else filter_size)
+    def maps_from_losses(self, losses: dict, aggregation: str | None = None,
+                         filter_size: int | None = None) -> np.ndarray:
+        """Anomaly maps from :meth:`pixel_losses`, with the settings' aggregation and filter unless given."""
+        s = self.settings
+        maps = aggregate_scores(losses["l_r"], losses["l_d"], self.stats, aggregation or s.aggregation, s.alpha)
+        return mean_filter(maps, s.filter_size if filter_size is None else filter_size)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        factor = 2 ** self.settings.depth
+        if images.shape[-2] % factor or images.shape[-1] % factor:
+            raise ValueError(f"fcbigan scores images whose sides are multiples of {factor}, got {images.shape[-2]}×"
+                             f"{images.shape[-1]} (batch {tuple(images.shape)}); crop or resize them")
         maps = self.maps_from_losses(self.pixel_losses(images))
         return maps.reshape(len(maps), -1).max(axis=1), maps
-
-
-register("fanogan")(lambda **kw: FAnoGANDetector(**kw))
-register("fcbigan")(lambda **kw: FCBiGANDetector(**kw))

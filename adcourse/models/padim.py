@@ -11,18 +11,21 @@ Mahalanobis distance
 The distance map, up-sampled to the image and smoothed, is the anomaly map; its maximum is the
 image score. Nothing is learned by gradient descent: ``fit`` is one pass over the training set.
 
-Offline (as on the course's CI), the ImageNet weights of ResNet-18 cannot be downloaded and
-:class:`adcourse.backbones.ResNet18Features` falls back to a seeded random initialisation; the
-detector then measures how far random convolutional features get, and the report says which
-weights were used (``detector.backbone.pretrained``).
+The source uses ResNet-18 (stages 1–3, strides 4, 8, 16) or Wide-ResNet-50. The quick profile uses
+the same strides of the shipped EfficientNet-Lite0 (24 + 40 + 112 channels, ImageNet weights that
+install offline) on images up-sampled ``input_scale``×; the full profile uses ResNet-18 when
+torchvision has its weights, the shipped network otherwise (:func:`adcourse.backbones.choose_network`).
+``detector.backbone_name`` says which one ran.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..backbones import ResNet18Features
+from ..backbones import BACKBONE_CHOICES, staged_features
 from ..detectors import Detector, register, smooth_maps
 
 
@@ -50,53 +53,72 @@ def mahalanobis_map(features: torch.Tensor, mean: torch.Tensor, inverse_covarian
     return squared.sqrt().T.reshape(n, h, w)
 
 
+def upsample(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """Images up-sampled ``scale``× (bilinear): small patches give the network more positions to see."""
+    return images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class PaDiMSettings:
+    """Settings of :class:`PaDiMDetector`."""
+    backbone: str = "shipped"        # see adcourse.backbones.choose_network
+    download: bool = False           # may the "source" backbone download torchvision's weights?
+    strides: tuple = (4, 8, 16)      # the stages whose maps are stacked (ResNet-18 layer1..layer3)
+    input_scale: int = 2
+    d: int = 100                     # channels kept at random
+    epsilon: float = 0.01
+    smoothing: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONE_CHOICES:
+            raise ValueError(f"backbone must be one of {BACKBONE_CHOICES}, got {self.backbone!r}")
+        if self.input_scale < 1 or self.d < 1 or self.epsilon <= 0:
+            raise ValueError(f"input_scale and d must be ≥ 1 and epsilon > 0, got {self.input_scale}, {self.d}, {self.epsilon}")
+
+
+@register("padim")
 class PaDiMDetector(Detector):
-    """PaDiM on ResNet-18 stages 1–3 (64 + 128 + 256 channels, ``d`` of them kept at random)."""
+    """PaDiM on three stages of a frozen pretrained network (``d`` of their channels kept at random)."""
 
     name = "padim"
     trains = False
-    strict_settings = True
-    # Quick and full differ only in how many channels they keep: nothing is trained.
-    PROFILES = {"quick": dict(d=100, epsilon=0.01, smoothing=4.0, pretrained=True, download=False),
-                "full": dict(d=100, epsilon=0.01, smoothing=4.0, pretrained=True, download=True)}
+    Settings = PaDiMSettings
+    # Nothing is trained; the full profile asks for the source's network (ResNet-18) at 1×.
+    PROFILES = {"quick": PaDiMSettings(),
+                "full": PaDiMSettings(backbone="source", download=True, input_scale=1)}
+    fitted = ("channels", "mean", "inverse_covariance")
 
-    def __init__(self, device=None, seed: int = 0, **overrides):
-        super().__init__(device, **overrides)
-        self.seed = seed
+    def build(self, input_shape):
+        s = self.settings
+        self.backbone = staged_features(s.backbone, s.strides, "resnet18", s.download, s.seed).to(self.device)
+        self.backbone_name = self.backbone.name
+        total = sum(self.backbone.out_channels)
+        if s.d > total:
+            raise ValueError(f"d={s.d} must be at most {total}, the channels of {self.backbone.name} at strides {s.strides}")
+        generator = torch.Generator().manual_seed(s.seed)
+        self.channels = torch.randperm(total, generator=generator)[: s.d].sort().values
 
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """N×C×H×W images -> N×d×(H/4)×(W/4): three stages at the first stage's resolution."""
+        """N×C×H×W images -> N×d×h×w: the stages at the first stage's resolution, ``d`` channels kept."""
         out = []
         for i in range(0, len(images), batch_size):
-            maps = self.backbone(images[i:i + batch_size].to(self.device))
+            maps = self.backbone(upsample(images[i:i + batch_size].to(self.device), self.settings.input_scale))
             size = maps[0].shape[-2:]
             stacked = torch.cat([maps[0], *(F.interpolate(m, size=size, mode="nearest") for m in maps[1:])], 1)
             out.append(stacked[:, self.channels.to(stacked.device)].cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def fit(self, train_dataset, profile: str = "quick") -> "PaDiMDetector":
-        s = self.profile_settings(profile)
-        self.backbone = ResNet18Features(("layer1", "layer2", "layer3"), pretrained=s["pretrained"],
-                                         download=s["download"], seed=self.seed).to(self.device)
-        total = 64 + 128 + 256
-        if not 1 <= s["d"] <= total:
-            raise ValueError(f"d={s['d']} must be between 1 and {total} (the channels of stages 1–3)")
-        generator = torch.Generator().manual_seed(self.seed)
-        self.channels = torch.randperm(total, generator=generator)[: s["d"]].sort().values
+    def fit_networks(self, train_dataset) -> None:
         images = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
-        self.mean, self.inverse_covariance = gaussian_per_position(self.embed(images), s["epsilon"])
-        return self
+        self.mean, self.inverse_covariance = gaussian_per_position(self.embed(images), self.settings.epsilon)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         distances = mahalanobis_map(self.embed(images), self.mean, self.inverse_covariance)
         maps = F.interpolate(distances[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        maps = smooth_maps(maps.numpy(), self.settings["smoothing"])
+        maps = smooth_maps(maps.numpy(), self.settings.smoothing)
         return maps.reshape(len(maps), -1).max(1), maps
 
     def model(self):
         return self.backbone
-
-
-register("padim")(lambda **kw: PaDiMDetector(**kw))

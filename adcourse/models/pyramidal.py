@@ -4,9 +4,10 @@ The pieces, written so that the chapter can check each against its own written-o
 
 * :class:`SEBlock` — squeeze-and-excitation (Hu et al.): global average per channel (squeeze),
   ``s = sigmoid(W2 relu(W1 z))`` (excitation), every channel multiplied by its gate ``s_c``;
-* :class:`SEResNet` — the first stages of a frozen ResNet-18 (:class:`adcourse.backbones.ResNet18Features`:
-  ImageNet weights when they can be had, a warned, seeded random fallback otherwise) with an optional
-  trainable :class:`SEBlock` after the stem and after each stage;
+* :class:`SEBackbone` — the first stages of a frozen pretrained network with an optional trainable
+  :class:`SEBlock` after the stem and after each stage: the thesis's ResNet-18 in the full profile when
+  torchvision has its weights, the shipped EfficientNet-Lite0 in the quick profile and otherwise
+  (:func:`adcourse.backbones.choose_network`);
 * :class:`PyramidPooling` — adaptive average pooling to several grid sizes, each followed by a 1×1
   convolution and batch norm (and ReLU for the stacked AE);
 * :class:`PyramidalAE` — chapter 4: pyramid pooling to 1, 2, 3, 6 bins, four small encoders to R⁸, one
@@ -14,14 +15,16 @@ The pieces, written so that the chapter can check each against its own written-o
 * :class:`PIADE` — chapter 5: SE-ResNet → pyramid pooling to 8×8, 4×4, 2×2, 1×1 with 1×1 convolutions →
   8-d features routed by agreement (:func:`adcourse.models.capsules.dynamic_routing`, the capsule
   chapter's) to two 64-d instantiation vectors; the first is decoded in training, the longest at test;
-* :class:`VGG11Features`, :func:`piade_loss` — MSE + λ₁·perceptual (VGG-11's first four layers) +
-  λ₂·(1 − SSIM), per image: the training loss and the anomaly score;
+* :class:`VGG11Features`, :func:`perceptual_network`, :func:`piade_loss` — MSE + λ₁·perceptual (VGG-11's
+  first four layers, or the shipped network's first stage) + λ₂·(1 − SSIM), per image: the training
+  loss and the anomaly score;
 * detectors ``pyramidal_ae`` and ``piade``.
 """
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,13 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..backbones import ImageNetInput, ResNet18Features, load_imagenet_state
+from ..backbones import (BACKBONE_CHOICES, EfficientNetLite0Features, ImageNetInput, ResNetFeatures, choose_network,
+                         load_imagenet_state)
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_map
-from ..train import batch_to, fit, resolve_profile
+from ..train import batch_to, fit
 from .capsules import dynamic_routing
 
-STAGE_CHANNELS = {"stem": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
 
 
 # --- squeeze and excitation ------------------------------------------------------------------------
@@ -61,47 +64,84 @@ class SEBlock(nn.Module):
         return x * self.gate(x)[:, :, None, None]                # channel re-weighting
 
 
-class SEResNet(nn.Module):
-    """Frozen ResNet-18 stem and stages up to ``last_stage``, with trainable SE blocks between them.
+# Output stride -> (the ResNet's last stage, keep its stem's max pooling).
+RESNET_PLAN = {2: ("layer1", False), 4: ("layer2", False), 8: ("layer2", True), 16: ("layer3", True),
+               32: ("layer4", True)}
+# Output stride -> how many EfficientNet-Lite0 blocks it takes (the stem alone has stride 2).
+LITE0_PLAN = {2: 1, 4: 3, 8: 5, 16: 11, 32: 16}
 
-    ``maxpool=False`` drops the stem's max pooling (the stacked AE of chapter 4 does, and small
-    images need it). With ``se=False`` this is the plain frozen extractor. ``forward`` returns the last
-    stage's N×C×h×w map; ``out_channels`` is C.
+
+def backbone_pieces(network: nn.Module, stride: int) -> list[tuple[str, nn.Module, int]]:
+    """(name, module, output channels) of the stem and the stages of a frozen ``network``
+    (:class:`ResNetFeatures` or :class:`EfficientNetLite0Features`) up to output ``stride``, in order.
+
+    ResNet: for strides 2 and 4 the stem drops its max pooling (as the stacked AE does on small
+    images), so layer1 ends at stride 2 and layer2 at 4; otherwise layer2 ends at 8, layer3 at 16,
+    layer4 at 32. EfficientNet-Lite0: the stem, then its groups of blocks, one per stride.
+    """
+    if stride not in LITE0_PLAN:
+        raise ValueError(f"feature stride must be one of {tuple(LITE0_PLAN)}, got {stride}")
+    if isinstance(network, ResNetFeatures):
+        last, maxpool = RESNET_PLAN[stride]
+        pieces = [("stem", nn.Sequential(network.input, *(network.stem if maxpool else network.stem[:3])), 64)]
+        for name, channels in network.stage_channels.items():
+            pieces.append((name, network.stages[name], channels))
+            if name == last:
+                return pieces
+    pieces, start = [("stem", nn.Sequential(network.input, network.stem), 32)], 0
+    for block_stride, end in LITE0_PLAN.items():
+        blocks = network.blocks[start:end]
+        pieces.append((f"stride{block_stride}", blocks, blocks[-1].project.conv.out_channels))
+        start = end
+        if block_stride == stride:
+            return pieces
+
+
+class SEBackbone(nn.Module):
+    """A frozen pretrained network up to output ``stride``, with trainable SE blocks between its stages.
+
+    ``backbone``: ``"shipped"``, ``"source"`` (the thesis's ResNet-18) or ``"random"`` (a labelled
+    control), see :func:`adcourse.backbones.choose_network`. With ``se=False`` this is the plain frozen
+    extractor. ``forward`` returns the N×C×h×w map at ``stride``; ``out_channels`` is C, ``name``
+    says which network it is.
     """
 
-    def __init__(self, last_stage: str = "layer2", maxpool: bool = True, se: bool = True, reduction: int = 4,
-                 pretrained: bool = True, download: bool = True, seed: int = 0):
+    def __init__(self, backbone: str = "shipped", stride: int = 8, se: bool = True, reduction: int = 4,
+                 download: bool = False, seed: int = 0):
         super().__init__()
-        self.backbone = ResNet18Features(layers=(last_stage,), pretrained=pretrained, download=download, seed=seed)
-        self.pretrained = self.backbone.pretrained
-        self.maxpool = maxpool
-        names = ["stem", *self.backbone.stages.keys()]
-        self.se = nn.ModuleDict({n: SEBlock(STAGE_CHANNELS[n], reduction) for n in names}) if se else None
-        self.out_channels = STAGE_CHANNELS[last_stage]
+        last = RESNET_PLAN[stride][0] if stride in RESNET_PLAN else None
+        network = choose_network(backbone, lambda pretrained: ResNetFeatures("resnet18", (last,), pretrained, download, seed),
+                                 lambda: EfficientNetLite0Features((f"stride{stride}",)))
+        self.name = network.name
+        names, modules, channels = zip(*backbone_pieces(network, stride))
+        self.stages = nn.ModuleDict(zip(names, modules)).requires_grad_(False)
+        self.se = nn.ModuleDict({n: SEBlock(c, reduction) for n, c in zip(names, channels)}) if se else None
+        self.out_channels = channels[-1]
+
+    def train(self, mode: bool = True):  # the pretrained stages stay in eval mode (batch-norm statistics fixed)
+        super().train(mode)
+        self.stages.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stem = self.backbone.stem if self.maxpool else self.backbone.stem[:3]
-        h = stem(self.backbone.input(x))
-        if self.se is not None:
-            h = self.se["stem"](h)
-        for name, stage in self.backbone.stages.items():
+        h = x
+        for name, stage in self.stages.items():
             h = stage(h)
             if self.se is not None:
                 h = self.se[name](h)
         return h
 
 
-def backbone_plan(image_size: int) -> tuple[str, bool]:
-    """(last ResNet stage, keep the max pooling) giving an 8×8 feature map where possible:
-    16 px → layer1 without max pooling, 32 → layer2 without, 64 → layer2 with, larger → all of ResNet-18
-    (layer4, as PIADE at 120×120, whose map is then 4×4)."""
+def backbone_plan(image_size: int) -> int:
+    """The output stride that gives an 8×8 feature map where possible: 16 px → 2, 32 → 4, 64 → 8,
+    larger → 32 (all of the network, as PIADE at 120×120, whose map is then 4×4)."""
     if image_size <= 16:
-        return "layer1", False
+        return 2
     if image_size <= 32:
-        return "layer2", False
+        return 4
     if image_size <= 64:
-        return "layer2", True
-    return "layer4", True
+        return 8
+    return 32
 
 
 # --- pyramid pooling ------------------------------------------------------------------------------
@@ -188,16 +228,14 @@ def orthogonal_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _backbone(in_channels: int, image_size: int, last_stage: str | None, maxpool: bool | None, se: bool,
-              pretrained: bool, download: bool, seed: int) -> tuple[SEResNet, int, int]:
-    """The SE-ResNet both pyramidal models start from (stage and max pooling from :func:`backbone_plan`
-    unless given), its channel count and the side of its feature map."""
-    plan = backbone_plan(image_size)
-    backbone = SEResNet(last_stage or plan[0], plan[1] if maxpool is None else maxpool, se=se,
-                        pretrained=pretrained, download=download, seed=seed)
+def _backbone(in_channels: int, image_size: int, feature_stride: int | None, se: bool, backbone: str,
+              download: bool, seed: int) -> tuple[SEBackbone, int, int]:
+    """The SE backbone both pyramidal models start from (stride from :func:`backbone_plan` unless
+    given), its channel count and the side of its feature map."""
+    network = SEBackbone(backbone, feature_stride or backbone_plan(image_size), se=se, download=download, seed=seed)
     with torch.no_grad():
-        side = backbone(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
-    return backbone, backbone.out_channels, side
+        side = network(torch.zeros(1, in_channels, image_size, image_size)).shape[-1]
+    return network, network.out_channels, side
 
 
 # --- chapter 4: stacked pyramidal autoencoder ------------------------------------------------------
@@ -211,13 +249,12 @@ class PyramidalAE(nn.Module):
     :class:`UpDecoder`. ``forward`` returns ``{"reconstruction", "codes"}`` (codes: N×4×8).
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 32, last_stage: str | None = None,
-                 maxpool: bool | None = None, bins=(1, 2, 3, 6), pool_channels: int = 64, code_dim: int = 8,
-                 up_channels: int = 16, skip: bool = True, decoder_width: int = 64, pretrained: bool = True,
-                 download: bool = True, seed: int = 0):
+    def __init__(self, in_channels: int = 1, image_size: int = 32, feature_stride: int | None = None,
+                 bins=(1, 2, 3, 6), pool_channels: int = 64, code_dim: int = 8, up_channels: int = 16,
+                 skip: bool = True, decoder_width: int = 64, backbone: str = "shipped", download: bool = False,
+                 seed: int = 0):
         super().__init__()
-        self.backbone, c, self.h = _backbone(in_channels, image_size, last_stage, maxpool, False, pretrained,
-                                             download, seed)
+        self.backbone, c, self.h = _backbone(in_channels, image_size, feature_stride, False, backbone, download, seed)
         self.pyramid = PyramidPooling(c, pool_channels, bins, relu=True)
         self.encoders = nn.ModuleList(nn.Sequential(
             nn.Conv2d(pool_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -251,14 +288,12 @@ class PIADE(nn.Module):
     with the ResNet features (``skip``) → :class:`UpDecoder`.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 32, last_stage: str | None = None,
-                 maxpool: bool | None = None, se: bool = True, bins=(8, 4, 2, 1), pool_channels: int = 64,
-                 in_dim: int = 8, n_vectors: int = 2, vector_dim: int = 64, routing_iterations: int = 3,
-                 up_channels: int = 32, skip: bool = True, decoder_width: int = 64, pretrained: bool = True,
-                 download: bool = True, seed: int = 0):
+    def __init__(self, in_channels: int = 1, image_size: int = 32, feature_stride: int | None = None,
+                 se: bool = True, bins=(8, 4, 2, 1), pool_channels: int = 64, in_dim: int = 8, n_vectors: int = 2,
+                 vector_dim: int = 64, routing_iterations: int = 3, up_channels: int = 32, skip: bool = True,
+                 decoder_width: int = 64, backbone: str = "shipped", download: bool = False, seed: int = 0):
         super().__init__()
-        self.backbone, c, self.h = _backbone(in_channels, image_size, last_stage, maxpool, se, pretrained,
-                                             download, seed)
+        self.backbone, c, self.h = _backbone(in_channels, image_size, feature_stride, se, backbone, download, seed)
         self.pyramid = PyramidPooling(c, pool_channels, bins, relu=False)
         if self.pyramid.n_values % in_dim:
             raise ValueError(f"{self.pyramid.n_values} pooled values cannot be cut into {in_dim}-d features")
@@ -299,9 +334,9 @@ class PIADE(nn.Module):
 
 # --- losses ---------------------------------------------------------------------------------------
 class VGG11Features(nn.Module):
-    """Frozen ``features[:4]`` of VGG-11 (conv 3→64, ReLU, max pool, conv 64→128): the loss network of
-    both pyramidal models. ImageNet weights through :func:`load_imagenet_state` when they can be had,
-    else a warned, seeded random initialisation; ``.pretrained`` says which."""
+    """Frozen ``features[:4]`` of VGG-11 (conv 3→64, ReLU, max pool, conv 64→128): the thesis's loss
+    network of both pyramidal models. ``pretrained=True``: ImageNet weights through
+    :func:`load_imagenet_state` (an error when they cannot be had); ``False``: seeded random (a control)."""
 
     def __init__(self, n_layers: int = 4, pretrained: bool = True, download: bool = True, seed: int = 0):
         super().__init__()
@@ -310,11 +345,12 @@ class VGG11Features(nn.Module):
         with torch.random.fork_rng(devices=[]):  # only the layers used: VGG-11's classifier alone is 120 M weights
             torch.manual_seed(seed)
             features = tv_vgg.make_layers(tv_vgg.cfgs["A"])[:n_layers]
-        state = load_imagenet_state(tv_vgg.VGG11_Weights.IMAGENET1K_V1.url, "VGG-11", download) if pretrained else None
-        if state is not None:
+        if pretrained:
+            state = load_imagenet_state(tv_vgg.VGG11_Weights.IMAGENET1K_V1.url, "VGG-11", download)
             features.load_state_dict({k[len("features."):]: v for k, v in state.items()
                                       if k.startswith("features.") and k[len("features."):] in features.state_dict()})
-        self.pretrained = state is not None
+        self.pretrained = pretrained
+        self.name = "VGG-11 (ImageNet, torchvision)" if pretrained else f"VGG-11 (random, seed {seed}: a control)"
         self.input = ImageNetInput()
         self.features = features
         for i, m in enumerate(self.features):
@@ -329,57 +365,122 @@ class VGG11Features(nn.Module):
         return self.features(self.input(x))
 
 
+def perceptual_network(backbone: str = "shipped", download: bool = False) -> nn.Module:
+    """The loss network of :func:`piade_loss` by :func:`adcourse.backbones.choose_network`: VGG-11's first
+    four layers (the thesis's, 128 channels at half resolution) or the shipped EfficientNet-Lite0's
+    stride-2 stage (16 channels at half resolution)."""
+    return choose_network(backbone, lambda pretrained: VGG11Features(pretrained=pretrained, download=download),
+                          lambda: EfficientNetLite0Features(("stride2",)))
+
+
 def piade_loss(x: torch.Tensor, x_hat: torch.Tensor, vgg: nn.Module | None = None, perceptual_weight: float = 1.0,
                ssim_weight: float = 1.0, reduction: str = "mean") -> torch.Tensor:
     """L = MSE + λ₁·mean (F(x) − F(x̂))² + λ₂·(1 − SSIM) per image (eq. 5.5); λ₂ = 0 gives the
     chapter-4 loss (eq. 4.4). ``reduction="none"`` returns the N per-image losses (the anomaly score)."""
     loss = ((x - x_hat) ** 2).flatten(1).mean(1)
     if perceptual_weight and vgg is not None:
-        loss = loss + perceptual_weight * ((vgg(x) - vgg(x_hat)) ** 2).flatten(1).mean(1)
+        for f_x, f_x_hat in zip(_as_list(vgg(x)), _as_list(vgg(x_hat))):
+            loss = loss + perceptual_weight * ((f_x - f_x_hat) ** 2).flatten(1).mean(1)
     if ssim_weight:
         loss = loss + ssim_weight * (1 - ssim_map(x_hat, x)).flatten(1).mean(1)
     return loss.mean() if reduction == "mean" else loss
 
 
+def _as_list(features) -> list[torch.Tensor]:
+    return features if isinstance(features, list) else [features]
+
+
 # --- detectors ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PyramidalAESettings:
+    """Settings of :class:`PyramidalAEDetector` (training, loss, scoring, network)."""
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    perceptual_weight: float = 1.0
+    ssim_weight: float = 0.0
+    smoothing: float = 1.0
+    backbone: str = "shipped"          # see adcourse.backbones.choose_network
+    download: bool = False
+    feature_stride: int | None = None  # None: backbone_plan(image size)
+    bins: tuple = (1, 2, 3, 6)
+    pool_channels: int = 64
+    code_dim: int = 8
+    up_channels: int = 16
+    skip: bool = True
+    decoder_width: int = 64
+
+    def __post_init__(self):
+        _check_common(self)
+
+
+@dataclass(frozen=True)
+class PIADESettings:
+    """Settings of :class:`PIADEDetector` (training, loss, scoring, network)."""
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    perceptual_weight: float = 1.0
+    ssim_weight: float = 1.0
+    smoothing: float = 1.0
+    backbone: str = "shipped"
+    download: bool = False
+    feature_stride: int | None = None
+    se: bool = True
+    bins: tuple = (8, 4, 2, 1)
+    pool_channels: int = 16
+    in_dim: int = 8
+    n_vectors: int = 2
+    vector_dim: int = 64
+    routing_iterations: int = 3
+    up_channels: int = 32
+    skip: bool = True
+    decoder_width: int = 64
+
+    def __post_init__(self):
+        _check_common(self)
+
+
+def _check_common(s) -> None:
+    if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0:
+        raise ValueError(f"epochs and batch_size must be ≥ 1 and lr > 0, got {s.epochs}, {s.batch_size}, {s.lr}")
+    if s.backbone not in BACKBONE_CHOICES:
+        raise ValueError(f"backbone must be one of {BACKBONE_CHOICES}, got {s.backbone!r}")
+    if s.feature_stride not in (None, *LITE0_PLAN):
+        raise ValueError(f"feature_stride must be None or one of {tuple(LITE0_PLAN)}, got {s.feature_stride}")
+
+
 class _PyramidalDetector(Detector):
-    """Shared fit/predict: train on normal images with :func:`piade_loss`, score with the same loss
+    """Shared fit/score: train on normal images with :func:`piade_loss`, score with the same loss
     per image; the map is the pixel part, (x − x̂)² + λ₂(1 − SSIM map), Gaussian-smoothed."""
 
-    PROFILES: dict = {}
-    MODEL_KEYS: tuple = ()
+    NETWORK_KEYS: tuple = ()
+    fitted = ("network",)
 
-    def __init__(self, perceptual_weight: float = 1.0, ssim_weight: float = 1.0, smoothing: float = 1.0,
-                 pretrained: bool = True, download: bool | None = None, device=None, **overrides):
-        self.perceptual_weight, self.ssim_weight, self.smoothing = perceptual_weight, ssim_weight, smoothing
-        # ImageNet weights are downloaded by the full profile only (unless asked): a quick run or a
-        # test uses them when they are cached and never reaches for the network.
-        self.pretrained, self._download = pretrained, download
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        network_args = {key: getattr(s, key) for key in self.NETWORK_KEYS}
+        self.network = self.network_class(input_shape[0], input_shape[-1], backbone=s.backbone, download=s.download,
+                                          **network_args).to(self.device)
+        self.vgg = perceptual_network(s.backbone, s.download).to(self.device) if s.perceptual_weight else None
+        self.backbone_name = self.network.backbone.name + (f"; loss network {self.vgg.name}" if self.vgg else "")
         self.history: list[float] = []
 
-    def build(self, channels: int, size: int, settings: dict) -> nn.Module:
-        raise NotImplementedError
-
-    def fit(self, train_dataset, profile: str = "quick"):
-        settings = self.profile_settings(profile)
-        self.download = resolve_profile(profile) == "full" if self._download is None else self._download
-        channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
-        self.network = self.build(channels, size, settings).to(self.device)
-        self.vgg = VGG11Features(pretrained=self.pretrained, download=self.download).to(self.device) \
-            if self.perceptual_weight else None
-        loader = DataLoader(train_dataset, batch_size=settings["batch_size"], shuffle=True, drop_last=len(train_dataset) > settings["batch_size"],
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True, drop_last=len(train_dataset) > s.batch_size,
                             generator=torch.Generator().manual_seed(0))
         params = [p for p in self.network.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=settings["lr"], weight_decay=settings.get("weight_decay", 1e-4))
+        optimizer = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
 
         def loss_fn(model, batch):
             x = batch_to(batch, self.device)["image"]
-            return piade_loss(x, model(x)["reconstruction"], self.vgg, self.perceptual_weight, self.ssim_weight)
+            return piade_loss(x, model(x)["reconstruction"], self.vgg, s.perceptual_weight, s.ssim_weight)
 
-        self.history = fit(self.network, loader, loss_fn, epochs=settings["epochs"], optimizer=optimizer,
+        self.history = fit(self.network, loader, loss_fn, epochs=s.epochs, optimizer=optimizer,
                            device=self.device, desc=self.name)
-        return self
 
     def export_graph(self, images: torch.Tensor):
         """A copy of the network whose pyramid pooling is :class:`GridAveragePool` (exportable)."""
@@ -396,49 +497,42 @@ class _PyramidalDetector(Detector):
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
+        s = self.settings
         out = [piade_loss(images[i:i + 128].to(self.device), reconstructions[i:i + 128].to(self.device), self.vgg,
-                          self.perceptual_weight, self.ssim_weight, reduction="none").cpu()
+                          s.perceptual_weight, s.ssim_weight, reduction="none").cpu()
                for i in range(0, len(images), 128)]
         return torch.cat(out).numpy()
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         recon = self.outputs(images)["reconstruction"]
         maps = ((images - recon) ** 2).mean(1)
-        if self.ssim_weight:
-            maps = maps + self.ssim_weight * (1 - ssim_map(recon, images)).mean(1)
-        return self.scores(images, recon), smooth_maps(maps.numpy(), self.smoothing)
+        if self.settings.ssim_weight:
+            maps = maps + self.settings.ssim_weight * (1 - ssim_map(recon, images)).mean(1)
+        return self.scores(images, recon), smooth_maps(maps.numpy(), self.settings.smoothing)
 
 
+@register("pyramidal_ae")
 class PyramidalAEDetector(_PyramidalDetector):
     """The stacked pyramidal AE of chapter 4, trained with MSE + λ·perceptual (λ₂ = 0 by default)."""
 
     name = "pyramidal_ae"
-    PROFILES = {"quick": dict(epochs=20, batch_size=32, lr=1e-3),
-                "full": dict(epochs=200, batch_size=120, lr=1e-4)}   # thesis Table 4.3: 1e-4, wd 1e-4, 120, 600
-    MODEL_KEYS = ("last_stage", "maxpool", "bins", "pool_channels", "code_dim", "up_channels", "skip", "decoder_width")
-
-    def __init__(self, perceptual_weight: float = 1.0, ssim_weight: float = 0.0, **kwargs):
-        super().__init__(perceptual_weight=perceptual_weight, ssim_weight=ssim_weight, **kwargs)
-
-    def build(self, channels, size, settings):
-        return PyramidalAE(channels, size, pretrained=self.pretrained, download=self.download,
-                           **{k: settings[k] for k in self.MODEL_KEYS if k in settings})
+    Settings = PyramidalAESettings
+    # thesis Table 4.3: lr 1e-4, weight decay 1e-4, batch 120, 600 epochs (full: 200)
+    PROFILES = {"quick": PyramidalAESettings(),
+                "full": PyramidalAESettings(epochs=200, batch_size=120, lr=1e-4, backbone="source", download=True)}
+    network_class = PyramidalAE
+    NETWORK_KEYS = ("feature_stride", "bins", "pool_channels", "code_dim", "up_channels", "skip", "decoder_width")
 
 
+@register("piade")
 class PIADEDetector(_PyramidalDetector):
     """PIADE, trained with MSE + λ₁·perceptual + λ₂·(1 − SSIM); that loss per image is the score."""
 
     name = "piade"
-    PROFILES = {"quick": dict(epochs=20, batch_size=32, lr=1e-3, pool_channels=16),
-                "full": dict(epochs=400, batch_size=120, lr=1e-3)}   # thesis Table 5.1
-    MODEL_KEYS = ("last_stage", "maxpool", "se", "bins", "pool_channels", "in_dim", "n_vectors", "vector_dim",
-                  "routing_iterations", "up_channels", "skip", "decoder_width")
-
-    def build(self, channels, size, settings):
-        return PIADE(channels, size, pretrained=self.pretrained, download=self.download,
-                     **{k: settings[k] for k in self.MODEL_KEYS if k in settings})
-
-
-register("pyramidal_ae")(lambda **kw: PyramidalAEDetector(**kw))
-register("piade")(lambda **kw: PIADEDetector(**kw))
+    Settings = PIADESettings
+    # thesis Table 5.1 (full: its learning rate and batch, 400 epochs)
+    PROFILES = {"quick": PIADESettings(),
+                "full": PIADESettings(epochs=400, batch_size=120, pool_channels=64, backbone="source", download=True)}
+    network_class = PIADE
+    NETWORK_KEYS = ("feature_stride", "se", "bins", "pool_channels", "in_dim", "n_vectors", "vector_dim",
+                    "routing_iterations", "up_channels", "skip", "decoder_width")

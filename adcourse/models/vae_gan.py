@@ -6,11 +6,12 @@ The pieces, in the order the chapter builds them:
   autoencoder of Kingma & Welling (2014): an encoder to μ and log σ², a sample z = μ + σ·ε, a decoder,
   and the loss "reconstruction (BCE) + KL". ``VAE(latent="conv")`` keeps the latent variable as a
   C×h×w map, CAVGA's *convolutional latent variable* (Venkataramanan et al., 2020).
-- :func:`train_vaegan` — the VAE-GAN of Larsen et al. (2016) as the source (Muttagi, 2021) uses it:
-  a discriminator (the GAN chapter's :class:`~adcourse.models.gans.Critic`) learns to tell images
-  from reconstructions and samples, and the autoencoder learns to fool it. The step has three
-  parts: the discriminator's update, the encoder's (VAE loss + attention expansion) and the
-  decoder's (reconstruction + adversarial term).
+- :func:`train_vaegan` — a VAE-GAN as the source (Muttagi, 2021) writes it: a discriminator (the GAN
+  chapter's :class:`~adcourse.models.gans.Critic`) learns to tell images from reconstructions and
+  samples, and the autoencoder learns to fool it. The step has Larsen et al.'s (2016) three parts:
+  the discriminator's update, the encoder's (VAE loss + attention expansion) and the decoder's
+  (reconstruction + adversarial term); the reconstruction term is the source's pixel BCE, not
+  Larsen et al.'s error on the discriminator's features.
 - :class:`AdaCos` — cosine logits with the adaptive scale of Zhang et al. (2019), s ≈ √2·log(C − 1).
 - :func:`grad_cam`, :func:`normalise_maps`, :func:`attention_maps`, :func:`attention_expansion_loss`
   — Grad-CAM (Selvaraju et al., 2017) on the encoder's last feature maps, and CAVGA's loss that
@@ -22,7 +23,8 @@ The pieces, in the order the chapter builds them:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..train import batch_to, fit, pick_device
 from .autoencoders import down_block, up_block
@@ -235,13 +238,72 @@ def score_cam(model: VAE, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+VAEGAN_LOSSES = ("loss", "bce", "kl", "expansion", "adv", "d_loss", "d_real", "d_fake")
+
+
+def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, vae: VAE, x: torch.Tensor,
+                       x_hat: torch.Tensor, generator: torch.Generator) -> dict:
+    """Part 1 of a VAE-GAN step: one update of the discriminator on
+    BCE(D(x), 1) + ½[BCE(D(x̂), 0) + BCE(D(x_p), 0)], x_p decoded from prior noise drawn from
+    ``generator`` (images are given to D in [−1, 1]). Returns the loss and the mean probability
+    that D gives real images (``d_real``) and reconstructions (``d_fake``)."""
+    with torch.no_grad():
+        prior = vae.decode(torch.randn((len(x), *vae.latent_shape), generator=generator).to(x.device))
+    real, fake, fake_p = (discriminator(to_signed(t)) for t in (x, x_hat.detach(), prior))
+    d_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+              + 0.5 * F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+              + 0.5 * F.binary_cross_entropy_with_logits(fake_p, torch.zeros_like(fake_p)))
+    optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    optimizer.step()
+    return {"d_loss": d_loss.item(), "d_real": torch.sigmoid(real).mean().item(),
+            "d_fake": torch.sigmoid(fake).mean().item()}
+
+
+def encoder_loss(vae: VAE, x: torch.Tensor, out: dict, vae_total: torch.Tensor,
+                 expansion_weight: float) -> tuple[torch.Tensor, dict]:
+    """Part 2: the encoder's objective, the VAE loss ``vae_total`` + ``expansion_weight``·L_ae
+    (CAVGA's attention expansion, on the forward pass ``out`` of ``x``); ``vae_total`` itself when
+    the weight is 0. Returns the loss and the value of L_ae."""
+    if expansion_weight <= 0:
+        return vae_total, {}
+    expansion = attention_expansion_loss(attention_maps(vae, x, create_graph=True, out=out))
+    return vae_total + expansion_weight * expansion, {"expansion": expansion.item()}
+
+
+def decoder_loss(vae_total: torch.Tensor, discriminator: nn.Module | None, x_hat: torch.Tensor,
+                 adv_weight: float) -> tuple[torch.Tensor, dict]:
+    """Part 3: the decoder's objective, the VAE loss + ``adv_weight``·BCE(D(x̂), 1) (the
+    non-saturating generator loss); ``vae_total`` itself without a discriminator."""
+    if discriminator is None:
+        return vae_total, {}
+    logits = discriminator(to_signed(x_hat))
+    adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    return vae_total + adv_weight * adv, {"adv": adv.item()}
+
+
+def autoencoder_update(optimizer: torch.optim.Optimizer, enc_loss: torch.Tensor, dec_loss: torch.Tensor,
+                       enc_params: list, dec_params: list, epoch: int) -> None:
+    """Parts 2 and 3 applied in one optimiser step, each loss reaching only its own half of the VAE."""
+    if not (torch.isfinite(enc_loss) and torch.isfinite(dec_loss)):
+        raise FloatingPointError(f"the VAE-GAN loss became non-finite at epoch {epoch + 1}; lower lr")
+    optimizer.zero_grad(set_to_none=True)
+    if enc_loss is dec_loss:
+        enc_loss.backward()
+    else:
+        dec_loss.backward(inputs=dec_params, retain_graph=True)
+        enc_loss.backward(inputs=enc_params)
+    optimizer.step()
+
+
 def train_vaegan(vae: VAE, discriminator: nn.Module | None, data: torch.Tensor, *, epochs: int, batch_size: int = 32,
                  lr: float = 1e-3, lr_d: float | None = None, beta: float = 1.0, adv_weight: float = 0.02,
                  expansion_weight: float = 0.0, seed: int = 0, device=None,
                  callback: Callable[[int, VAE], dict | None] | None = None) -> dict:
     """Train a VAE-GAN on ``data`` (N×C×H×W in [0, 1]); ``discriminator=None`` trains a plain VAE.
 
-    Each step has three parts, as in Larsen et al. (2016):
+    Each step has three parts, split as in Larsen et al. (2016) (whose reconstruction term compares
+    the discriminator's features; here it is the source's pixel BCE):
 
     1. discriminator: BCE(D(x), 1) + ½[BCE(D(x̂), 0) + BCE(D(x_p), 0)], x̂ a reconstruction and x_p
        decoded from the prior (images are given to D in [−1, 1]);
@@ -262,55 +324,27 @@ def train_vaegan(vae: VAE, discriminator: nn.Module | None, data: torch.Tensor, 
     if discriminator is not None:
         discriminator.to(device).train()
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d or lr, betas=(0.5, 0.999))
-    keys = ("loss", "bce", "kl", "expansion", "adv", "d_loss", "d_real", "d_fake")
-    history = {k: [] for k in keys} | {"monitor": []}
+    history = {k: [] for k in VAEGAN_LOSSES} | {"monitor": []}
     data = data.to(device)
     for epoch in range(epochs):
-        sums = dict.fromkeys(keys, 0.0)
+        sums = dict.fromkeys(VAEGAN_LOSSES, 0.0)
         order = torch.randperm(len(data), generator=g)
         batches = [order[i:i + batch_size] for i in range(0, len(data), batch_size)]
         for idx in batches:
             x = data[idx.to(device)]
             out = vae(x, sample=True, generator=g)
-            if discriminator is not None:  # part 1: the discriminator
-                with torch.no_grad():
-                    prior = vae.decode(torch.randn((len(x), *vae.latent_shape), generator=g).to(device))
-                real, fake, fake_p = (discriminator(to_signed(t)) for t in (x, out["x_hat"].detach(), prior))
-                d_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                          + 0.5 * F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-                          + 0.5 * F.binary_cross_entropy_with_logits(fake_p, torch.zeros_like(fake_p)))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                sums["d_loss"] += d_loss.item()
-                sums["d_real"] += torch.sigmoid(real).mean().item()
-                sums["d_fake"] += torch.sigmoid(fake).mean().item()
+            values = {} if discriminator is None else discriminator_step(discriminator, opt_d, vae, x, out["x_hat"], g)
             vae_total, parts = vae_loss(out["x_hat"], x, out["mu"], out["logvar"], beta)
-            enc_loss, dec_loss = vae_total, vae_total
-            if expansion_weight > 0:  # part 2: the encoder's attention expansion (CAVGA)
-                expansion = attention_expansion_loss(attention_maps(vae, x, create_graph=True, out=out))
-                enc_loss = enc_loss + expansion_weight * expansion
-                sums["expansion"] += expansion.item()
-            if discriminator is not None:  # part 3: the decoder fools the discriminator
-                logits = discriminator(to_signed(out["x_hat"]))
-                adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-                dec_loss = dec_loss + adv_weight * adv
-                sums["adv"] += adv.item()
-            if not (torch.isfinite(enc_loss) and torch.isfinite(dec_loss)):
-                raise FloatingPointError(f"the VAE-GAN loss became non-finite at epoch {epoch + 1}; lower lr")
-            opt.zero_grad(set_to_none=True)
-            if enc_loss is dec_loss:
-                enc_loss.backward()
-            else:
-                dec_loss.backward(inputs=dec_params, retain_graph=True)
-                enc_loss.backward(inputs=enc_params)
-            opt.step()
+            enc_loss, enc_values = encoder_loss(vae, x, out, vae_total, expansion_weight)
+            dec_loss, dec_values = decoder_loss(vae_total, discriminator, out["x_hat"], adv_weight)
+            autoencoder_update(opt, enc_loss, dec_loss, enc_params, dec_params, epoch)
             if discriminator is not None:
                 discriminator.zero_grad(set_to_none=True)
-            sums["loss"] += vae_total.item()
-            sums["bce"] += parts["bce"].item()
-            sums["kl"] += parts["kl"].item()
-        for k in keys:
+            values |= enc_values | dec_values | {"loss": vae_total.item(), "bce": parts["bce"].item(),
+                                                 "kl": parts["kl"].item()}
+            for key, value in values.items():
+                sums[key] += value
+        for k in VAEGAN_LOSSES:
             history[k].append(sums[k] / len(batches))
         if callback is not None:
             vae.eval()
@@ -358,78 +392,118 @@ def _batched(fn, images: torch.Tensor, device, batch_size: int = 64) -> torch.Te
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class VAESettings:
+    """Settings of :class:`VAEDetector`."""
+    latent_dim: int = 64
+    width: int = 16
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 2e-3
+    beta: float = 1.0               # weight of the KL term
+    smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "latent_dim", "width", "epochs", "batch_size")
+        checks.positive(self, "lr")
+        checks.non_negative(self, "beta", "smoothing")
+
+
+@register("vae")
 class VAEDetector(Detector):
     """A VAE trained on normal images (BCE + β·KL); pixel score (x − x̂)² with x̂ decoded from μ,
     smoothed; image score the mean of the unsmoothed map, as for the autoencoder baseline."""
 
     name = "vae"
-    PROFILES = {"quick": dict(epochs=15, batch_size=32, lr=2e-3, beta=1.0),
-                "full": dict(epochs=300, batch_size=64, lr=1e-3, beta=1.0)}
+    Settings = VAESettings
+    PROFILES = {"quick": VAESettings(), "full": VAESettings(epochs=300, batch_size=64, lr=1e-3)}
+    fitted = ("network",)
 
-    def __init__(self, latent_dim: int = 64, width: int = 16, smoothing: float = 2.0, device=None, **overrides):
-        self.latent_dim, self.width, self.smoothing = latent_dim, width, smoothing
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        checks.square_images(self.name, input_shape)
+        self.network = VAE(input_shape[0], input_shape[-1], s.latent_dim, s.width, depth=4).to(self.device)
         self.history: dict = {}
 
-    def fit(self, train_dataset, profile: str = "quick") -> "VAEDetector":
-        s = self.profile_settings(profile)
-        image = train_dataset[0]["image"]
-        self.network = VAE(image.shape[0], image.shape[-1], self.latent_dim, self.width, depth=4).to(self.device)
-        loader = DataLoader(train_dataset, batch_size=s["batch_size"], shuffle=True,
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
 
         def loss_fn(model, batch):
             x = batch_to(batch, self.device)["image"]
             out = model(x)
-            return vae_loss(out["x_hat"], x, out["mu"], out["logvar"], s["beta"])[0]
+            return vae_loss(out["x_hat"], x, out["mu"], out["logvar"], s.beta)[0]
 
-        self.history = {"loss": fit(self.network, loader, loss_fn, epochs=s["epochs"], lr=s["lr"],
+        self.history = {"loss": fit(self.network, loader, loss_fn, epochs=s.epochs, lr=s.lr,
                                     device=self.device, desc=self.name, amp=False)}
-        return self
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()
         return _batched(lambda x: self.network(x)["x_hat"], images, self.device)
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         maps = ((images - self.reconstruct(images)) ** 2).mean(1).numpy()
-        return maps.reshape(len(maps), -1).mean(1), smooth_maps(maps, self.smoothing)
+        return maps.reshape(len(maps), -1).mean(1), smooth_maps(maps, self.settings.smoothing)
 
 
+@dataclass(frozen=True)
+class CAVGASettings:
+    """Settings of :class:`CAVGADetector`: the network, the VAE-GAN training and the maps."""
+    latent_channels: int = 8
+    width: int = 16
+    depth: int = 2                  # halvings down to the convolutional latent map
+    adversarial: bool = True        # False: a VAE with the attention expansion loss, no discriminator
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    lr_d: float = 2e-4              # of the discriminator
+    beta: float = 1.0               # weight of the KL term
+    adv_weight: float = 0.02
+    expansion_weight: float = 1.0   # weight of the attention expansion loss L_ae (0: none)
+    map_kind: Literal["attention", "residual", "score_cam"] = "attention"
+    top_fraction: float = 0.05      # the image score: mean of the map's top fraction of pixels
+    smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "latent_channels", "width", "depth", "epochs", "batch_size")
+        checks.positive(self, "lr", "lr_d")
+        checks.non_negative(self, "beta", "adv_weight", "expansion_weight", "smoothing")
+        checks.one_of(self, "map_kind", ("attention", "residual", "score_cam"))
+        checks.in_interval(self, "top_fraction", 0, 1, low_open=True)
+
+
+@register("cavga")
 class CAVGADetector(Detector):
     """CAVGA, unsupervised (CAVGA-U): a VAE-GAN with a convolutional latent variable, trained with the
     attention expansion loss; the anomaly map is 1 − A (A: Grad-CAM attention from z, up-sampled).
 
     ``map_kind`` chooses what ``predict`` returns: ``"attention"`` (1 − A, CAVGA), ``"residual"``
     ((x − x̂)², the reconstruction baseline of the same network) or ``"score_cam"`` (Grad-CAM of the
-    reconstruction error). The image score is the mean of the map's top ``top_fraction`` of pixels.
+    reconstruction error); :meth:`predict_with` scores the same network with another kind. The image
+    score is the mean of the map's top ``top_fraction`` of pixels.
     ``fit(..., monitor=(images, masks))`` records the IoU and pixel AUROC of the attention maps on
     those images after every epoch (in ``history["monitor"]``).
     """
 
     name = "cavga"
-    PROFILES = {"quick": dict(epochs=12, batch_size=32, lr=2e-3, lr_d=2e-4, beta=1.0, adv_weight=0.02,
-                          expansion_weight=1.0),
-                "full": dict(epochs=200, batch_size=64, lr=1e-3, lr_d=2e-4, beta=1.0, adv_weight=0.02,
-                         expansion_weight=1.0)}
+    Settings = CAVGASettings
+    PROFILES = {"quick": CAVGASettings(),
+                "full": CAVGASettings(epochs=200, batch_size=64, lr=1e-3)}
+    fitted = ("network", "discriminator")
 
-    def __init__(self, latent_channels: int = 8, width: int = 16, depth: int = 2, smoothing: float = 2.0,
-                 map_kind: str = "attention", top_fraction: float = 0.05, adversarial: bool = True,
-                 device=None, **overrides):
-        if map_kind not in ("attention", "residual", "score_cam"):
-            raise ValueError(f"map_kind must be 'attention', 'residual' or 'score_cam', got {map_kind!r}")
-        self.latent_channels, self.width, self.depth = latent_channels, width, depth
-        self.smoothing, self.map_kind, self.top_fraction, self.adversarial = smoothing, map_kind, top_fraction, adversarial
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        checks.square_images(self.name, input_shape)
+        channels, size = input_shape[0], input_shape[-1]
+        self.network = VAE(channels, size, s.latent_channels, s.width, s.depth, latent="conv")
+        self.discriminator = Critic(channels, size, width=s.width) if s.adversarial else None
         self.history: dict = {}
 
-    def fit(self, train_dataset, profile: str = "quick", monitor=None) -> "CAVGADetector":
-        s = self.profile_settings(profile)
+    def fit_networks(self, train_dataset, monitor=None) -> None:
+        """``monitor``: ``(images, masks)`` whose attention maps are measured after every epoch."""
+        s = self.settings
         data = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
-        channels, size = data.shape[1], data.shape[-1]
-        self.network = VAE(channels, size, self.latent_channels, self.width, self.depth, latent="conv")
-        self.discriminator = Critic(channels, size, width=self.width) if self.adversarial else None
         callback = None
         if monitor is not None:
             from ..metrics import pixel_auroc
@@ -439,11 +513,9 @@ class CAVGADetector(Detector):
                 maps = self.anomaly_maps(images, "attention")
                 return {"epoch": epoch + 1, "iou": iou_at_area(maps, masks), "pixel_auroc": pixel_auroc(masks, maps)}
 
-        self.history = train_vaegan(self.network, self.discriminator, data, epochs=s["epochs"],
-                                    batch_size=s["batch_size"], lr=s["lr"], lr_d=s["lr_d"], beta=s["beta"],
-                                    adv_weight=s["adv_weight"], expansion_weight=s["expansion_weight"],
-                                    device=self.device, callback=callback)
-        return self
+        self.history = train_vaegan(self.network, self.discriminator, data, epochs=s.epochs, batch_size=s.batch_size,
+                                    lr=s.lr, lr_d=s.lr_d, beta=s.beta, adv_weight=s.adv_weight,
+                                    expansion_weight=s.expansion_weight, device=self.device, callback=callback)
 
     def attention(self, images: torch.Tensor) -> torch.Tensor:
         """A ∈ [0, 1], N×H×W (up-sampled to the image size)."""
@@ -458,25 +530,33 @@ class CAVGADetector(Detector):
 
     def anomaly_maps(self, images: torch.Tensor, kind: str | None = None, smooth: bool = True) -> np.ndarray:
         """N×H×W maps of the given kind (default ``map_kind``), smoothed unless ``smooth=False``."""
-        kind = kind or self.map_kind
+        kind = kind or self.settings.map_kind
         if kind == "attention":
             maps = 1 - self.attention(images)
         elif kind == "residual":
             maps = ((images - self.reconstruct(images)) ** 2).mean(1)
-        else:
+        elif kind == "score_cam":
             self.network.eval()
             size = images.shape[-1]
             maps = torch.cat([upsample_maps(score_cam(self.network, images[i:i + 64].to(self.device)).detach(), size).cpu()
                               for i in range(0, len(images), 64)])
+        else:
+            raise ValueError(f"kind must be 'attention', 'residual' or 'score_cam', got {kind!r}")
         maps = maps.numpy()
-        return smooth_maps(maps, self.smoothing) if smooth else maps
+        return smooth_maps(maps, self.settings.smoothing) if smooth else maps
 
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        maps = self.anomaly_maps(images)
+    def predict_with(self, images: torch.Tensor, map_kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, maps)`` of the trained network with any ``map_kind`` (see the class), whatever
+        the settings' ``map_kind`` is."""
+        images = self.check_images(images)
+        with torch.no_grad():
+            return self._score_with(images, map_kind)
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return self._score_with(images, self.settings.map_kind)
+
+    def _score_with(self, images: torch.Tensor, map_kind: str) -> tuple[np.ndarray, np.ndarray]:
+        maps = self.anomaly_maps(images, map_kind)
         flat = np.sort(maps.reshape(len(maps), -1), axis=1)
-        k = max(1, int(round(self.top_fraction * flat.shape[1])))
+        k = max(1, int(round(self.settings.top_fraction * flat.shape[1])))
         return flat[:, -k:].mean(1), maps
-
-
-register("vae")(lambda **kw: VAEDetector(**kw))
-register("cavga")(lambda **kw: CAVGADetector(**kw))

@@ -19,6 +19,8 @@ for the side-by-side comparison).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..losses import mixture_nll, ssim_loss, ssim_map
 from ..train import batch_to, fit
@@ -470,6 +473,52 @@ def refit_mixture(model: VTADL, images: torch.Tensor, steps: int = 300, lr: floa
 # The detector
 # ----------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class VTADLSettings:
+    """Settings of :class:`VTADLDetector`: the model (:class:`VTADL`'s arguments), its training,
+    the refit of the mixture and the maps."""
+    # the model
+    patch_size: int | None = None   # None: an 8×8 grid of patches
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    mlp_dim: int = 128
+    recon_dim: int = 128
+    n_components: int = 10
+    mdn_hidden: int = 64
+    decoder_width: int = 16
+    condition: Literal["position", "none", "vector"] = "position"
+    noise_std: float = 0.2
+    mdn_loss: Literal["mixture", "weighted_components"] = "mixture"
+    detach_mdn: bool = True         # the mixture's gradient does not reach the encoder
+    # training
+    epochs: int = 8                 # 0: an untrained encoder (the chapter's control), the mixture still refitted
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    mse_weight: float = 5.0
+    ssim_weight: float = 0.0
+    nll_weight: float = 1.0
+    mdn_lr_factor: float = 10.0     # the mixture's learning rate, as a multiple of lr
+    standardise_input: bool = True  # the encoder reads pixels standardised with the training images' statistics
+    refit_steps: int = 300          # of the mixture on the final features (0: none)
+    refit_lr: float = 2e-2
+    smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "patch_size", "dim", "depth", "heads", "mlp_dim", "recon_dim", "n_components",
+                        "mdn_hidden", "decoder_width", "batch_size")
+        checks.at_least(self, 0, "epochs", "refit_steps")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads} ({type(self).__name__}): "
+                             "each attention head gets dim / heads numbers")
+        checks.one_of(self, "condition", CONDITIONS)
+        checks.one_of(self, "mdn_loss", MDN_LOSSES)
+        checks.positive(self, "lr", "mdn_lr_factor", "refit_lr")
+        checks.non_negative(self, "weight_decay", "noise_std", "mse_weight", "ssim_weight", "nll_weight", "smoothing")
+
+
+@register("vtadl")
 class VTADLDetector(Detector):
     """VT-ADL trained on normal images; heat map = up-sampled per-patch NLL, smoothed.
 
@@ -484,69 +533,63 @@ class VTADLDetector(Detector):
     1 − SSIM, and the maximum patch NLL — each centred and divided by its spread on the training
     images (the published code adds the raw values, whose scales differ by orders of magnitude).
     ``patch_size=None`` picks an 8×8 grid of patches, as P = 64 on 512×512 images in the thesis.
-    Any model argument of :class:`VTADL` and any training setting of ``PROFILES`` can be overridden.
+    Every argument of :class:`VTADL` and every training setting is a field of :class:`VTADLSettings`.
     """
 
     name = "vtadl"
-    strict_settings = True
-    MODEL_KEYS = ("patch_size", "dim", "depth", "heads", "mlp_dim", "recon_dim", "n_components", "condition",
-                  "noise_std", "mdn_loss", "mdn_hidden", "decoder_width", "detach_mdn")
+    Settings = VTADLSettings
     PROFILES = {
         # quick: about 10 s on one CPU core, 64×64 textures. No SSIM term: in a run this short it
         # holds the decoder at the mean image (chapter 9 measures it); the full profile keeps it.
-        "quick": dict(epochs=8, batch_size=16, lr=2e-3, weight_decay=1e-4, patch_size=None, dim=64, depth=2,
-                      heads=4, mlp_dim=128, recon_dim=128, n_components=10, mdn_hidden=64, decoder_width=16,
-                      condition="position", noise_std=0.2, mdn_loss="mixture", smoothing=2.0,
-                      detach_mdn=True, mse_weight=5.0, ssim_weight=0.0, nll_weight=1.0, mdn_lr_factor=10.0,
-                      refit_steps=300, refit_lr=2e-2, standardise_input=True),
+        "quick": VTADLSettings(),
         # full: the published sizes (dim 512, depth 6, 8 heads, MLP 1024, K = 150), Adam 1e-4 with
         # weight decay 1e-4 and batch 8 as in table 6.1; 400 epochs in the thesis, 200 here.
-        "full": dict(epochs=200, batch_size=8, lr=1e-4, weight_decay=1e-4, patch_size=None, dim=512, depth=6,
-                     heads=8, mlp_dim=1024, recon_dim=512, n_components=150, mdn_hidden=64, decoder_width=32,
-                     condition="position", noise_std=0.2, mdn_loss="mixture", smoothing=4.0,
-                     detach_mdn=True, mse_weight=5.0, ssim_weight=0.5, nll_weight=1.0, mdn_lr_factor=10.0,
-                     refit_steps=1000, refit_lr=1e-2, standardise_input=True),
+        "full": VTADLSettings(epochs=200, batch_size=8, lr=1e-4, dim=512, depth=6, heads=8, mlp_dim=1024,
+                              recon_dim=512, n_components=150, decoder_width=32, smoothing=4.0, ssim_weight=0.5,
+                              refit_steps=1000, refit_lr=1e-2),
     }
+    fitted = ("network", "score_scale")
 
-    def __init__(self, device=None, **overrides):
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        checks.square_images(self.name, input_shape)
+        channels, size = input_shape[0], input_shape[-1]
+        patch = s.patch_size or max(size // 8, 1)
+        self.network = VTADL(size, patch, channels, dim=s.dim, depth=s.depth, heads=s.heads, mlp_dim=s.mlp_dim,
+                             recon_dim=s.recon_dim, n_components=s.n_components, condition=s.condition,
+                             noise_std=s.noise_std, mdn_loss=s.mdn_loss, mdn_hidden=s.mdn_hidden,
+                             decoder_width=s.decoder_width, detach_mdn=s.detach_mdn).to(self.device)
+        self.score_scale: dict | None = None  # part -> (mean, spread) on the training images
         self.history: list[float] = []
-        self.score_scale: dict | None = None
         self.refit_history: list[float] = []
 
-    def fit(self, train_dataset, profile: str = "quick") -> "VTADLDetector":
-        s = self.profile_settings(profile)
-        channels, size = train_dataset[0]["image"].shape[0], train_dataset[0]["image"].shape[-1]
-        patch = s["patch_size"] or max(size // 8, 1)
-        model_args = {k: s[k] for k in self.MODEL_KEYS if k != "patch_size"}
-        self.network = VTADL(size, patch, channels, **model_args).to(self.device)
-        loader = DataLoader(train_dataset, batch_size=s["batch_size"], shuffle=True,
+    def fit_networks(self, train_dataset) -> None:
+        s = self.settings
+        loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
         with torch.no_grad():  # standardise the input; start the mixture on encoded training patches
             first = torch.stack([train_dataset[i]["image"] for i in range(min(len(train_dataset), 256))])
-            if s["standardise_input"]:
+            if s.standardise_input:
                 self.network.encoder.set_input_statistics(first.to(self.device))
             self.network.init_mixture(first.to(self.device), torch.Generator().manual_seed(0))
         mdn_params = list(self.network.mdn.parameters())
         ids = {id(p) for p in mdn_params}
         others = [p for p in self.network.parameters() if id(p) not in ids]
-        optimizer = torch.optim.Adam([{"params": others}, {"params": mdn_params, "lr": s["lr"] * s["mdn_lr_factor"]}],
-                                     lr=s["lr"], weight_decay=s["weight_decay"])
+        optimizer = torch.optim.Adam([{"params": others}, {"params": mdn_params, "lr": s.lr * s.mdn_lr_factor}],
+                                     lr=s.lr, weight_decay=s.weight_decay)
 
         def loss_fn(model, batch):
-            return vtadl_loss(model, batch_to(batch, self.device)["image"], s["mse_weight"], s["ssim_weight"],
-                              s["nll_weight"])[0]
+            return vtadl_loss(model, batch_to(batch, self.device)["image"], s.mse_weight, s.ssim_weight,
+                              s.nll_weight)[0]
 
-        self.history = fit(self.network, loader, loss_fn, epochs=s["epochs"], optimizer=optimizer,
+        self.history = fit(self.network, loader, loss_fn, epochs=s.epochs, optimizer=optimizer,
                            device=self.device, desc=self.name)
         train_images = torch.stack([train_dataset[i]["image"] for i in range(min(len(train_dataset), 512))])
-        if s["refit_steps"]:
-            self.refit_history = refit_mixture(self.network, train_images, s["refit_steps"], s["refit_lr"],
-                                               s["batch_size"])
+        if s.refit_steps:
+            self.refit_history = refit_mixture(self.network, train_images, s.refit_steps, s.refit_lr, s.batch_size)
         parts = self.score_parts(train_images)
         self.score_scale = {k: (float(v.mean()), float(v.std()) + 1e-8) for k, v in parts.items()
                             if k != "heatmap"}
-        return self
 
     @torch.no_grad()
     def score_parts(self, images: torch.Tensor, batch_size: int = 64) -> dict:
@@ -569,11 +612,7 @@ class VTADLDetector(Detector):
         return torch.cat([self.network(images[i:i + batch_size].to(self.device))["reconstruction"].cpu()
                           for i in range(0, len(images), batch_size)])
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         parts = self.score_parts(images)
         scores = sum((parts[k] - mean) / std for k, (mean, std) in self.score_scale.items())
-        return scores, smooth_maps(parts["heatmap"], self.settings["smoothing"])
-
-
-register("vtadl")(lambda **kw: VTADLDetector(**kw))
+        return scores, smooth_maps(parts["heatmap"], self.settings.smoothing)
