@@ -430,14 +430,6 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results_json(name: str, payload: dict, start: str | os.PathLike = ".") -> Path:
-    """Write ``payload`` to ``book/results/<name>.json`` of the course checkout that contains
-    ``start`` (the folder with ``_toc.yml``; ``start`` itself if none), atomically."""
-    here = Path(start).resolve()
-    root = next((p for p in (here, *here.parents) if (p / "_toc.yml").is_file()), here)
-    return write_text_atomic(root / "book" / "results" / f"{name}.json", json.dumps(payload, indent=2, sort_keys=True))
-
-
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"

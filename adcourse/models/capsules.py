@@ -15,10 +15,8 @@ The pieces of Sabour et al.'s CapsNet, written so that later chapters can reuse 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -395,12 +393,4 @@ def imbalanced_torchvision(name: str, normal_class: int, anomaly_fraction: float
     images = [normal[i]["image"] for i in range(len(normal))] + [others[int(i)]["image"] for i in drawn]
     labels = np.r_[np.zeros(len(normal), dtype=np.int64), np.ones(len(drawn), dtype=np.int64)]
     return InMemoryAnomalyDataset(torch.stack(images), labels), test
-
-
-def save_results(results: dict, path: str = "../book/results/07_capsules.json") -> Path:
-    """Write the chapter's final figures as JSON (used by the full profile); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    return path
 

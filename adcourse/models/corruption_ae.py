@@ -14,10 +14,7 @@ reference.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -481,14 +478,4 @@ class CorruptionAEDetector(Detector):
             scorer = GaussianActivationScorer.from_state(self.activation_gaussians)
             return scorer.score(activations(self.network, images, device=self.device)), None
         raise ValueError(f"scoring must be 'residual', 'mcd' or 'gaussian', got {scoring!r}")
-
-
-def save_results(results: dict, path: str | os.PathLike, **extra) -> Path:
-    """Write a chapter's final figures as JSON (atomically), for ``book/results/``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({**extra, "results": results}, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
 

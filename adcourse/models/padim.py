@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..backbones import BACKBONE_CHOICES, staged_features
 from ..detectors import Detector, register, smooth_maps
 
@@ -75,6 +76,7 @@ class PaDiMSettings:
             raise ValueError(f"backbone must be one of {BACKBONE_CHOICES}, got {self.backbone!r}")
         if self.input_scale < 1 or self.d < 1 or self.epsilon <= 0:
             raise ValueError(f"input_scale and d must be ≥ 1 and epsilon > 0, got {self.input_scale}, {self.d}, {self.epsilon}")
+        checks.non_negative(self, "smoothing")
 
 
 @register("padim")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..backbones import BACKBONE_CHOICES, staged_features
 from ..detectors import Detector, register, smooth_maps
 from .padim import upsample
@@ -28,12 +29,15 @@ def locally_aware_features(feature_maps: list[torch.Tensor], neighbourhood: int 
     Each map is averaged over the p×p neighbourhood of every position (p = ``neighbourhood``,
     stride 1, so the map keeps its size),
 
-        φ̄(h, w) = 1/|N_p(h, w)| · Σ_{(a, b) ∈ N_p(h, w)} φ(a, b),
-        N_p(h, w) = {(a, b) inside the map : |a − h| ≤ ⌊p/2⌋, |b − w| ≤ ⌊p/2⌋},
+        φ̄(h, w) = 1/p² · Σ_{(a, b) ∈ N_p(h, w)} φ(a, b),
+        N_p(h, w) = {(a, b) : |a − h| ≤ ⌊p/2⌋, |b − w| ≤ ⌊p/2⌋},  |N_p| = p², φ = 0 outside the map,
 
     which widens each feature's receptive field without going deeper into the network (deeper
-    features are more ImageNet-specific). At the border only the neighbours inside the map are
-    averaged. The deeper, coarser maps are then up-sampled bilinearly to the first map's resolution
+    features are more ImageNet-specific). At the border the window reaches into zero padding and the
+    sum is still divided by p² (PyTorch's default, as in the reference implementations): border
+    patches then differ from inner ones and are matched with the training images' border patches.
+    Dividing by the neighbours inside the map instead cost grass image AUROC 0.79 → 0.55 in the
+    quick profile. The deeper, coarser maps are then up-sampled bilinearly to the first map's resolution
     and all are concatenated along the channels.
     """
     if not feature_maps:
@@ -44,8 +48,7 @@ def locally_aware_features(feature_maps: list[torch.Tensor], neighbourhood: int 
     size = feature_maps[0].shape[-2:]
     out = []
     for feature_map in feature_maps:
-        averaged = F.avg_pool2d(feature_map, neighbourhood, stride=1, padding=neighbourhood // 2,
-                                count_include_pad=False)
+        averaged = F.avg_pool2d(feature_map, neighbourhood, stride=1, padding=neighbourhood // 2)
         if averaged.shape[-2:] != size:
             averaged = F.interpolate(averaged, size=size, mode="bilinear", align_corners=False)
         out.append(averaged)
@@ -143,6 +146,8 @@ class PatchCoreSettings:
         if self.input_scale < 1 or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"input_scale must be ≥ 1 and neighbourhood an odd number ≥ 1, got "
                              f"{self.input_scale} and {self.neighbourhood}")
+        checks.at_least(self, 1, "projection_dim")
+        checks.non_negative(self, "smoothing")
 
 
 @register("patchcore")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import checks
 from ..backbones import (BACKBONE_CHOICES, EfficientNetLite0Features, ImageNetInput, ResNetFeatures, choose_network,
                          load_imagenet_state)
 from ..detectors import Detector, register, smooth_maps
@@ -103,7 +104,7 @@ class SEBackbone(nn.Module):
     ``backbone``: ``"shipped"``, ``"source"`` (the thesis's ResNet-18) or ``"random"`` (a labelled
     control), see :func:`adcourse.backbones.choose_network`. With ``se=False`` this is the plain frozen
     extractor. ``forward`` returns the N×C×h×w map at ``stride``; ``out_channels`` is C, ``name``
-    says which network it is.
+    says which network it is and ``pretrained`` whether it holds ImageNet weights.
     """
 
     def __init__(self, backbone: str = "shipped", stride: int = 8, se: bool = True, reduction: int = 4,
@@ -112,7 +113,7 @@ class SEBackbone(nn.Module):
         last = RESNET_PLAN[stride][0] if stride in RESNET_PLAN else None
         network = choose_network(backbone, lambda pretrained: ResNetFeatures("resnet18", (last,), pretrained, download, seed),
                                  lambda: EfficientNetLite0Features((f"stride{stride}",)))
-        self.name = network.name
+        self.name, self.pretrained = network.name, network.pretrained
         names, modules, channels = zip(*backbone_pieces(network, stride))
         self.stages = nn.ModuleDict(zip(names, modules)).requires_grad_(False)
         self.se = nn.ModuleDict({n: SEBlock(c, reduction) for n, c in zip(names, channels)}) if se else None
@@ -444,12 +445,13 @@ class PIADESettings:
 
 
 def _check_common(s) -> None:
-    if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0:
-        raise ValueError(f"epochs and batch_size must be ≥ 1 and lr > 0, got {s.epochs}, {s.batch_size}, {s.lr}")
+    checks.at_least(s, 1, "epochs", "batch_size")
+    checks.positive(s, "lr")
     if s.backbone not in BACKBONE_CHOICES:
         raise ValueError(f"backbone must be one of {BACKBONE_CHOICES}, got {s.backbone!r}")
     if s.feature_stride not in (None, *LITE0_PLAN):
         raise ValueError(f"feature_stride must be None or one of {tuple(LITE0_PLAN)}, got {s.feature_stride}")
+    checks.non_negative(s, "weight_decay", "perceptual_weight", "ssim_weight", "smoothing")
 
 
 class _PyramidalDetector(Detector):

@@ -11,21 +11,23 @@ Contents: :class:`SineLayer`, :class:`Siren`, :class:`ReluMLP` (with optional po
 encoding), :func:`coordinate_grid`, :func:`gradient` / :func:`laplacian` (autograd),
 :class:`CropConv2d`, :class:`CropConvEncoder`, :class:`SirenInpainter`,
 :class:`TripletDiscriminator`, :func:`rotate`, :func:`psnr`, and the detector
-:class:`SirenInpaintDetector` (registered ``siren_inpaint``).
+:class:`SirenInpaintDetector` (registered ``siren_inpaint``, settings :class:`SirenInpaintSettings`).
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detectors import Detector, register, smooth_maps
-from ..losses import VGGFeatures, cosine_distance, perceptual_loss, style_loss, triplet_loss
+from .. import checks
+from ..backbones import BACKBONE_CHOICES
+from ..detectors import Detector, NotFittedError, register, smooth_maps
+from ..losses import cosine_distance, perceptual_features, perceptual_loss, style_loss, triplet_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,14 +405,63 @@ def pad_for_windows(images: torch.Tensor, window: int, hole: int) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SirenInpaintSettings:
+    """Settings of :class:`SirenInpaintDetector`: the generator's training, its network, its loss, the
+    discriminator, the hole and the scores."""
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3                   # the generator's
+    hidden_features: int = 96          # the SIREN decoder's width ...
+    hidden_layers: int = 2             # ... and its sine layers after the first
+    code_dim: int = 64
+    encoder_width: int = 16
+    first_omega_0: float = 10.0
+    coords_per_step: int | None = 256  # hole pixels the MSE sees per step (None: all of them)
+    perceptual_weight: float = 0.0
+    style_weight: float = 0.0
+    backbone: str = "shipped"          # the loss network, see adcourse.losses.perceptual_features
+    download: bool = False             # may the "source" loss network (VGG-16) download its weights?
+    discriminator: Literal["joint", "after"] | None = None  # trained with the generator, after it, or not at all
+    disc_epochs: int = 3               # for discriminator="after"
+    disc_lr: float = 1e-3
+    disc_width: int = 8
+    margin: float = 0.1                # of the triplet loss
+    max_rotation: float = 90.0         # degrees: the positives are rotations within ± this angle
+    adversarial_weight: float = 0.0    # with discriminator="joint": the generator's pull towards I in D's eyes
+    hole_fraction: float = 0.5         # side of the cut-out centre, as a fraction of the image's
+    crop: bool = True                  # crop convolutions in the encoder (False: plain ones)
+    overlap: int = 1                   # pixels a crop convolution may reach into the hole
+    smoothing: float = 2.0             # Gaussian σ of the anomaly maps, in pixels
+    image_score: Literal["max", "mean"] = "mean"
+    score: Literal["residual", "discriminator"] = "residual"
+    stride: int | None = None          # of the sliding centre (None: half the hole)
+
+    def __post_init__(self):
+        checks.at_least(self, 1, "epochs", "batch_size", "hidden_features", "code_dim", "encoder_width",
+                        "coords_per_step", "disc_width", "stride")
+        checks.at_least(self, 0, "hidden_layers", "disc_epochs", "overlap")
+        checks.positive(self, "lr", "disc_lr", "first_omega_0")
+        checks.non_negative(self, "perceptual_weight", "style_weight", "margin", "max_rotation",
+                            "adversarial_weight", "smoothing")
+        checks.one_of(self, "backbone", BACKBONE_CHOICES)
+        checks.one_of(self, "discriminator", (None, "joint", "after"))
+        checks.in_interval(self, "hole_fraction", 0, 1, low_open=True, high_open=True)
+        checks.one_of(self, "image_score", ("max", "mean"))
+        checks.one_of(self, "score", ("residual", "discriminator"))
+
+
+@register("siren_inpaint")
 class SirenInpaintDetector(Detector):
     """Anomaly detection by inpainting with a SIREN (Yelisieiev 2021), scored over the whole image.
 
     Training, on normal images: random windows of the image's size are cut from the image padded
     by reflection (so that the hole can fall on any part of it, borders included); their centre is
     cut out and painted back by a :class:`SirenInpainter` trained with MSE + ``perceptual_weight``
-    · perceptual + ``style_weight`` · style (VGG-16 features, :class:`adcourse.losses.VGGFeatures`:
-    ImageNet weights when they can be loaded, else a seeded random VGG, said once in a warning).
+    · perceptual + ``style_weight`` · style, computed on the maps of a frozen loss network
+    (:func:`adcourse.losses.perceptual_features`: VGG-16 as in the thesis with ``backbone="source"``
+    when torchvision has its weights, the shipped EfficientNet-Lite0 otherwise; ``backbone_name`` says
+    which one ran, None when both weights are 0 and no loss network is used).
     ``discriminator="joint"`` trains a :class:`TripletDiscriminator` alongside, as the thesis does,
     on (I, rotated I, painted I) with the triplet loss (``adversarial_weight`` > 0 also lets the
     generator pull its paintings towards I in the discriminator's eyes); ``"after"`` trains it for
@@ -421,40 +472,64 @@ class SirenInpaintDetector(Detector):
     every pixel is painted by 1 to 4 windows, averaged). Pixel map = squared difference between
     the image and its painting, Gaussian-smoothed; image score = ``image_score`` (``"mean"`` or
     ``"max"``) of the smoothed map, or, with ``score="discriminator"``, the largest cosine distance
-    between the discriminator's embeddings of a window and of its painted version.
+    between the discriminator's embeddings of a window and of its painted version
+    (:meth:`predict_with` scores either way, whatever the settings say).
     """
 
     name = "siren_inpaint"
-    strict_settings = True
-    # quick: well under a minute on a 2-core CPU. full: the thesis' network sizes and losses, for a GPU
-    # (an estimated 3–5 minutes on one H100 for 2048 patches; not yet measured).
+    Settings = SirenInpaintSettings
+    # quick: well under a minute on a 2-core CPU, the MSE term only. full: the thesis' network sizes and
+    # losses, for a GPU (an estimated 3–5 minutes on one H100 for 2048 patches; not yet measured).
     PROFILES = {
-        "quick": dict(epochs=30, batch_size=32, lr=1e-3, hidden_features=96, hidden_layers=2, code_dim=64,
-                      encoder_width=16, first_omega_0=10.0, coords_per_step=256,
-                      perceptual_weight=0.0, style_weight=0.0, vgg_pretrained=True, vgg_download=False,
-                      discriminator=None, disc_epochs=3, disc_lr=1e-3, disc_width=8, margin=0.1,
-                      max_rotation=90.0, adversarial_weight=0.0),
-        "full": dict(epochs=150, batch_size=32, lr=1e-4, hidden_features=512, hidden_layers=3, code_dim=512,
-                     encoder_width=64, first_omega_0=10.0, coords_per_step=None,
-                     perceptual_weight=0.01, style_weight=0.1, vgg_pretrained=True, vgg_download=True,
-                     discriminator="joint", disc_epochs=50, disc_lr=1e-4, disc_width=32, margin=0.1,
-                     max_rotation=90.0, adversarial_weight=0.1),
+        "quick": SirenInpaintSettings(),
+        "full": SirenInpaintSettings(epochs=150, lr=1e-4, hidden_features=512, hidden_layers=3, code_dim=512,
+                                     encoder_width=64, coords_per_step=None, perceptual_weight=0.01,
+                                     style_weight=0.1, backbone="source", download=True, discriminator="joint",
+                                     disc_epochs=50, disc_lr=1e-4, disc_width=32, adversarial_weight=0.1),
     }
+    # backbone_name: the loss network that trained the generator, kept with a saved detector
+    fitted = ("network", "discriminator", "backbone_name")
 
-    def __init__(self, hole_fraction: float = 0.5, crop: bool = True, overlap: int = 1, smoothing: float = 2.0,
-                 image_score: str = "mean", score: str = "residual", stride: int | None = None, device=None,
-                 **overrides):
-        if score not in ("residual", "discriminator"):
-            raise ValueError(f"score must be 'residual' or 'discriminator', got {score!r}")
-        if image_score not in ("max", "mean"):
-            raise ValueError(f"image_score must be 'max' or 'mean', got {image_score!r}")
-        self.hole_fraction, self.crop, self.overlap = hole_fraction, crop, overlap
-        self.smoothing, self.image_score, self.score, self.stride = smoothing, image_score, score, stride
-        super().__init__(device, **overrides)
+    def build(self, input_shape):
+        s = self.settings
+        checks.square_images(self.name, input_shape)
+        channels, size = input_shape[0], input_shape[-1]
+        self.network = SirenInpainter(channels, size, s.hole_fraction, s.code_dim, s.hidden_features,
+                                      s.hidden_layers, s.encoder_width, crop=s.crop, overlap=s.overlap,
+                                      first_omega_0=s.first_omega_0).to(self.device)
+        self.discriminator = self._new_discriminator(channels, size) if s.discriminator is not None else None
+        self.loss_network: nn.Module | None = None  # created by fit_networks: training needs it, scoring does not
+        self.backbone_name = None
         self.history: dict[str, list[float]] = {"generator": [], "discriminator": []}
-        self.discriminator: TripletDiscriminator | None = None
+
+    def _new_discriminator(self, channels: int, size: int) -> TripletDiscriminator:
+        return TripletDiscriminator(channels, size, width=self.settings.disc_width).to(self.device)
+
+    def load_fitted_state(self, state: dict) -> None:
+        # train_discriminator() may have added a discriminator after fit (or a user removed it): follow the file
+        if state.get("discriminator") is None:
+            self.discriminator = None
+        elif self.discriminator is None:
+            self.discriminator = self._new_discriminator(self.input_shape[0], self.input_shape[-1])
+        super().load_fitted_state(state)
 
     # -- training -------------------------------------------------------------------------
+    def fit_networks(self, train_dataset) -> None:
+        """Train the generator (and a ``"joint"`` discriminator with it), then an ``"after"`` discriminator."""
+        s = self.settings
+        images = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
+        if s.perceptual_weight > 0 or s.style_weight > 0:
+            self.loss_network = perceptual_features(s.backbone, s.download).to(self.device)
+            self.backbone_name = self.loss_network.name
+        opt_d = (torch.optim.Adam(self.discriminator.parameters(), lr=s.disc_lr)
+                 if self.discriminator is not None else None)
+        generator = torch.Generator().manual_seed(0)
+        self._train_generator(images, generator, opt_d)
+        if s.discriminator == "after":
+            self._train_discriminator(images, s.disc_epochs, generator, opt_d)
+        if self.discriminator is not None:
+            self.discriminator.eval()
+
     @staticmethod
     def _windows(padded: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
         """One random window of side ``size`` per padded image."""
@@ -470,99 +545,104 @@ class SirenInpaintDetector(Detector):
         keep[..., r0:r1, r0:r1] = 0
         return x * keep + F.pad(painted, (r0, x.shape[-1] - r1, r0, x.shape[-2] - r1))
 
-    def _discriminator_step(self, x, recon, optimizer, generator) -> float:
-        """One triplet step: I (anchor) close to its rotation (positive), far from its painting (negative)."""
-        limit = self.settings["max_rotation"]  # the thesis: angles in [−90°, 90°]
-        angles = ((torch.rand(len(x), generator=generator) * 2 - 1) * limit).to(self.device)
-        self.discriminator.train()
-        d = self.discriminator
-        loss = triplet_loss(d(x), d(rotate(x, angles)), d(recon.detach()), margin=self.settings["margin"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
-    def fit(self, train_dataset, profile: str = "quick") -> "SirenInpaintDetector":
-        s = self.profile_settings(profile)
-        if s["discriminator"] not in (None, "joint", "after"):
-            raise ValueError(f"discriminator must be None, 'joint' or 'after', got {s['discriminator']!r}")
-        images = torch.stack([train_dataset[i]["image"] for i in range(len(train_dataset))])
-        channels, size = images.shape[1], images.shape[-1]
-        self.network = SirenInpainter(channels, size, self.hole_fraction, s["code_dim"], s["hidden_features"],
-                                      s["hidden_layers"], s["encoder_width"], crop=self.crop,
-                                      overlap=self.overlap, first_omega_0=s["first_omega_0"]).to(self.device)
-        hole = self.network.hole_size
-        padded = pad_for_windows(images, size, hole)
-        use_vgg = s["perceptual_weight"] > 0 or s["style_weight"] > 0
-        vgg = (VGGFeatures(pretrained=s["vgg_pretrained"], download=s["vgg_download"]).to(self.device)
-               if use_vgg else None)
-        self.vgg_pretrained = None if vgg is None else vgg.pretrained
-        joint = s["discriminator"] == "joint"
-        if s["discriminator"] is not None:
-            self.discriminator = TripletDiscriminator(channels, size, width=s["disc_width"]).to(self.device)
-            opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=s["disc_lr"])
-        opt_g = torch.optim.Adam(self.network.parameters(), lr=s["lr"])
-        gen = torch.Generator().manual_seed(0)
-        r0, r1 = self.network.hole
-        n_coords = hole * hole
-        full_hole = use_vgg or joint or not s["coords_per_step"] or s["coords_per_step"] >= n_coords
-        for _ in range(s["epochs"]):
-            order = torch.randperm(len(images), generator=gen)
+    def _train_generator(self, images: torch.Tensor, generator: torch.Generator, opt_d) -> None:
+        """The generator's epochs: random windows, cut and painted back (:meth:`_generator_step`)."""
+        s = self.settings
+        size = images.shape[-1]
+        padded = pad_for_windows(images, size, self.network.hole_size)
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=s.lr)
+        joint = s.discriminator == "joint"
+        for _ in range(s.epochs):
+            order = torch.randperm(len(images), generator=generator)
             g_total = d_total = 0.0
             batches = 0
             self.network.train()
-            for start in range(0, len(order), s["batch_size"]):
-                x = self._windows(padded[order[start:start + s["batch_size"]]], size, gen).to(self.device)
-                cut = self.network.cut(x)
-                target = x[..., r0:r1, r0:r1]
-                if full_hole:
-                    painted = self.network(cut)
-                    loss = torch.mean((painted - target) ** 2)
-                    recon = self._paste(x, painted)
-                else:  # a coordinate network can learn from a random subset of its pixels
-                    idx = torch.randperm(n_coords, generator=gen)[:s["coords_per_step"]].to(self.device)
-                    painted = self.network(cut, self.network.hole_coords[idx])
-                    loss = torch.mean((painted - target.flatten(2)[..., idx]) ** 2)
-                if vgg is not None:
-                    feats_x = [f.detach() for f in vgg(x)]
-                    feats_r = vgg(recon)
-                    loss = loss + s["perceptual_weight"] * perceptual_loss(feats_r, feats_x) \
-                        + s["style_weight"] * style_loss(feats_r, feats_x)
-                if joint:
-                    d_total += self._discriminator_step(x, recon, opt_d, gen)
-                    if s["adversarial_weight"] > 0:  # the generator pulls its painting towards I in D's eyes
-                        self.discriminator.eval()
-                        adv = cosine_distance(self.discriminator(x).detach(), self.discriminator(recon)).mean()
-                        loss = loss + s["adversarial_weight"] * adv
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{self.name}: the loss became {loss.item()} at epoch "
-                                             f"{len(self.history['generator']) + 1}; lower the learning rate")
-                opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_g.step()
-                g_total += loss.item()
+            for start in range(0, len(order), s.batch_size):
+                x = self._windows(padded[order[start:start + s.batch_size]], size, generator).to(self.device)
+                g_loss, d_loss = self._generator_step(x, optimizer, generator, opt_d if joint else None)
+                g_total += g_loss
+                d_total += d_loss
                 batches += 1
             self.history["generator"].append(g_total / batches)
             if joint:
                 self.history["discriminator"].append(d_total / batches)
         self.network.eval()
-        if s["discriminator"] == "after":
-            self.train_discriminator(images, s["disc_epochs"], generator=gen, optimizer=opt_d)
-        if self.discriminator is not None:
-            self.discriminator.eval()
-        return self
+
+    def _inpainting_loss(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(MSE on the painted centre, x with its painted centre) for a batch of windows ``x``.
+
+        A coordinate network can learn from a random subset of the hole's pixels
+        (``coords_per_step``); the painted image is then not made (None). The perceptual and style
+        terms and the discriminator need the whole painting, so with them every pixel is painted.
+        """
+        s = self.settings
+        r0, r1 = self.network.hole
+        n_coords = self.network.hole_size ** 2
+        cut = self.network.cut(x)
+        target = x[..., r0:r1, r0:r1]
+        whole = (self.loss_network is not None or s.discriminator == "joint" or not s.coords_per_step
+                 or s.coords_per_step >= n_coords)
+        if whole:
+            painted = self.network(cut)
+            return torch.mean((painted - target) ** 2), self._paste(x, painted)
+        idx = torch.randperm(n_coords, generator=generator)[:s.coords_per_step].to(self.device)
+        painted = self.network(cut, self.network.hole_coords[idx])
+        return torch.mean((painted - target.flatten(2)[..., idx]) ** 2), None
+
+    def _generator_step(self, x: torch.Tensor, optimizer, generator: torch.Generator, opt_d) -> tuple[float, float]:
+        """One step on a batch of windows: L = MSE + perceptual + style (+ adversarial); with ``opt_d``
+        (``discriminator="joint"``) a triplet step of the discriminator first. Returns both losses."""
+        s = self.settings
+        loss, recon = self._inpainting_loss(x, generator)
+        if self.loss_network is not None:
+            feats_x = [f.detach() for f in self.loss_network(x)]
+            feats_r = self.loss_network(recon)
+            loss = loss + s.perceptual_weight * perceptual_loss(feats_r, feats_x) \
+                + s.style_weight * style_loss(feats_r, feats_x)
+        d_loss = 0.0
+        if opt_d is not None:
+            d_loss = self._discriminator_step(x, recon, opt_d, generator)
+            if s.adversarial_weight > 0:  # the generator pulls its painting towards I in D's eyes
+                self.discriminator.eval()
+                adv = cosine_distance(self.discriminator(x).detach(), self.discriminator(recon)).mean()
+                loss = loss + s.adversarial_weight * adv
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: the loss became {loss.item()} at epoch "
+                                     f"{len(self.history['generator']) + 1}; lower the learning rate (lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), d_loss
+
+    def _discriminator_step(self, x, recon, optimizer, generator) -> float:
+        """One triplet step: I (anchor) close to its rotation (positive), far from its painting (negative)."""
+        limit = self.settings.max_rotation  # the thesis: angles in [−90°, 90°]
+        angles = ((torch.rand(len(x), generator=generator) * 2 - 1) * limit).to(self.device)
+        self.discriminator.train()
+        d = self.discriminator
+        loss = triplet_loss(d(x), d(rotate(x, angles)), d(recon.detach()), margin=self.settings.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
 
     def train_discriminator(self, images: torch.Tensor, epochs: int, lr: float | None = None,
                             generator: torch.Generator | None = None, optimizer=None) -> list[float]:
-        """Train (or go on training) the triplet discriminator against the frozen generator.
+        """Train (or go on training) the triplet discriminator against the frozen generator of a fitted
+        detector; a new one when there is none.
 
         ``images``: N×C×H×W normal training images. Returns the mean triplet loss of each epoch.
         """
+        if self.input_shape is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit() or load() first")
+        return self._train_discriminator(self.check_images(images), epochs, generator, optimizer, lr)
+
+    def _train_discriminator(self, images: torch.Tensor, epochs: int, generator: torch.Generator | None = None,
+                             optimizer=None, lr: float | None = None) -> list[float]:
         s = self.settings
         if self.discriminator is None:
-            self.discriminator = TripletDiscriminator(images.shape[1], images.shape[-1],
-                                                      width=s["disc_width"]).to(self.device)
-        optimizer = optimizer or torch.optim.Adam(self.discriminator.parameters(), lr=lr or s["disc_lr"])
+            self.discriminator = self._new_discriminator(images.shape[1], images.shape[-1])
+        optimizer = optimizer or torch.optim.Adam(self.discriminator.parameters(), lr=lr or s.disc_lr)
         generator = generator or torch.Generator().manual_seed(1)
         padded = pad_for_windows(images, images.shape[-1], self.network.hole_size)
         self.network.eval()
@@ -570,8 +650,8 @@ class SirenInpaintDetector(Detector):
         for _ in range(epochs):
             order = torch.randperm(len(images), generator=generator)
             total, batches = 0.0, 0
-            for start in range(0, len(order), s["batch_size"]):
-                x = self._windows(padded[order[start:start + s["batch_size"]]], images.shape[-1], generator)
+            for start in range(0, len(order), s.batch_size):
+                x = self._windows(padded[order[start:start + s.batch_size]], images.shape[-1], generator)
                 x = x.to(self.device)
                 with torch.no_grad():
                     recon = self.network.paint(x)
@@ -592,10 +672,12 @@ class SirenInpaintDetector(Detector):
         (N,) or None without a discriminator.
         """
         self.network.eval()
+        if self.discriminator is not None:
+            self.discriminator.eval()
         size = images.shape[-1]
         hole = self.network.hole_size
         r0, r1 = self.network.hole
-        stride = self.stride or max(hole // 2, 1)
+        stride = self.settings.stride or max(hole // 2, 1)
         padded = pad_for_windows(images, size, hole)
         starts = window_offsets(size, hole, stride)
         painting = torch.zeros_like(images)
@@ -617,25 +699,25 @@ class SirenInpaintDetector(Detector):
                     d_scores = torch.maximum(d_scores, torch.cat(dists))
         return painting / coverage, coverage, d_scores
 
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with(self, images: torch.Tensor, score: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, maps)`` with ``score="residual"`` or ``"discriminator"`` (see the class), whatever
+        the settings' ``score`` is."""
+        images = self.check_images(images)
+        with torch.no_grad():
+            return self._score_with(images, score)
+
+    def score(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return self._score_with(images, self.settings.score)
+
+    def _score_with(self, images: torch.Tensor, score: str) -> tuple[np.ndarray, np.ndarray]:
+        if score not in ("residual", "discriminator"):
+            raise ValueError(f"score must be 'residual' or 'discriminator', got {score!r}")
         painting, _, d_scores = self.paint_windows(images)
-        maps = smooth_maps(((images - painting) ** 2).mean(dim=1).numpy(), self.smoothing)
-        if self.score == "discriminator":
+        maps = smooth_maps(((images - painting) ** 2).mean(dim=1).numpy(), self.settings.smoothing)
+        if score == "discriminator":
             if d_scores is None:
                 raise ValueError("score='discriminator' needs a discriminator: fit with discriminator='joint' "
                                  "or 'after', or call train_discriminator(...)")
             return d_scores.numpy(), maps
         flat = maps.reshape(len(maps), -1)
-        return (flat.max(axis=1) if self.image_score == "max" else flat.mean(axis=1)), maps
-
-
-register("siren_inpaint")(lambda **kw: SirenInpaintDetector(**kw))
-
-
-def save_results(results: dict, path: str | Path) -> Path:
-    """Write a chapter's final figures (a dict of floats) as JSON for ``book/results/``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    return path
+        return (flat.max(axis=1) if self.settings.image_score == "max" else flat.mean(axis=1)), maps
