@@ -46,5 +46,5 @@ def test_padim_needs_no_training_and_finds_built_in_defects():
     np.testing.assert_allclose(scores, again, rtol=1e-5)  # seeded: the same channels, the same weights
     with pytest.raises(ValueError, match="d=1000"):
         detectors.create("padim", d=1000).fit(train)
-    with pytest.raises(ValueError, match="unknown padim settings"):
+    with pytest.raises(TypeError, match="unknown padim setting 'epochs'"):
         detectors.create("padim", epochs=3).fit(train)

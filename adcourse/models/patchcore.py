@@ -133,8 +133,8 @@ class PatchCoreSettings:
     strides: tuple = (4, 8)           # two mid-level stages (the source: layer2 and layer3, strides 8, 16)
     input_scale: int = 2              # small patches up-sampled: more positions, finer maps
     neighbourhood: int = 3
-    coreset_fraction: float = 0.02    # share of the training patches kept in the memory bank
-    projection_dim: int = 128         # random projection used while choosing the coreset
+    coreset_fraction: float = 0.01    # share of the training patches kept in the memory bank (source: 0.1, 0.01)
+    projection_dim: int = 32          # random projection used while choosing the coreset (source: 128)
     smoothing: float = 4.0            # Gaussian σ of the anomaly maps (the source's σ = 4)
     seed: int = 0
 
@@ -163,7 +163,7 @@ class PatchCoreDetector(Detector):
     # and keeps the paper's 10 % of the patches.
     PROFILES = {"quick": PatchCoreSettings(),
                 "full": PatchCoreSettings(backbone="source", download=True, strides=(8, 16), input_scale=1,
-                                          coreset_fraction=0.1)}
+                                          coreset_fraction=0.1, projection_dim=128)}
     fitted = ("memory_bank",)
 
     def build(self, input_shape):
