@@ -1,6 +1,7 @@
 # Two jobs, each bootstrapping .venv from requirements.txt when it is missing or stale:
 #   make book   execute every chapter notebook (always the quick profile) and build the HTML book
-#   make test   the whole test suite: unit tests, notebook runs, nbval, book build, browser test
+#   make test   the whole test suite: unit tests (each chapter's full profile in miniature included),
+#               nbval (the chapters' quick run, timed), book build, browser test
 # For students and instructors (README.md, "Other commands"):
 #   make lab                 open the chapters in JupyterLab, run from .venv
 #   make student             the notebooks without solutions, in student/
@@ -69,7 +70,8 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest
-	TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=2 $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+	TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=2 PYTHONPATH=tests $(PY) -m pytest -p nbval_timing --nbval-lax \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
 clean:
 	rm -rf _build artifacts student

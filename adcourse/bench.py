@@ -12,9 +12,10 @@ data drawn with that seed too (``--seed 3`` is the same as ``--seeds 3``; the de
 ``--out results.json`` is written after every finished (method, seed), with a Markdown table beside
 it (``results.md``: mean ± standard deviation over the seeds, then image AUROC per defect type).
 Started again with the same ``--out``, a run keeps every finished (method, seed) and runs only the
-rest: an interrupted run resumes, and another ``--methods`` list adds its methods to the file. A
-file made with other ``--data``, ``--profile`` or seeds is refused, never overwritten, and so is a
-file that is not such a results file. The JSON::
+rest: an interrupted run resumes, another ``--methods`` list adds its methods to the file, and more
+``--seeds`` (``0,1,2`` on a file of seed 0) add the missing seeds to every method. A file made with
+other ``--data`` or ``--profile``, or holding a seed this run does not name, is refused, never
+overwritten, and so is a file that is not such a results file. The JSON::
 
     {"data": "textures:brick", "profile": "quick", "seeds": [0, 1, 2],
      "device": ..., "torch": ..., "command": ...,       # of the latest run (each row has its own device)
@@ -67,7 +68,7 @@ from tqdm.auto import tqdm
 from . import detectors, metrics
 from .data import (BTAD, MVTecAD, MVTecLayoutFolder, OneClassDigits, TextureDefects, TorchvisionOneClass,
                    TORCHVISION_SETS, DatasetError)
-from .train import count_parameters, pick_device, resolve_profile, seed_everything, write_text_atomic
+from .train import count_parameters, miniature, miniature_active, pick_device, resolve_profile, seed_everything, write_text_atomic
 
 # Built-in data sizes per profile: quick keeps a 2-core CPU busy for about a minute per method.
 TEXTURE_SIZES = {"quick": dict(train=256, test=128), "full": dict(train=2048, test=512)}
@@ -98,7 +99,7 @@ def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction
     if anomaly_fraction and kind != "digits":
         raise ValueError(f"--data {spec!r} has no labelled anomalies for training; supervised methods run on digits:<class>")
     if kind == "textures":
-        n = TEXTURE_SIZES[profile]
+        n = miniature(TEXTURE_SIZES[profile]) if profile == "full" else TEXTURE_SIZES[profile]
         return (TextureDefects(part, "train", n=n["train"], seed=seed),
                 TextureDefects(part, "test", n=n["test"], seed=seed))
     if kind == "digits":
@@ -530,7 +531,9 @@ def previous_results(out: Path, settings: dict) -> dict:
     if "seeds" not in previous:
         raise ValueError(f"--out {out} was written by an earlier adcourse.bench (one 'seed', rows without 'seeds'). {keep}")
     held = {key: previous.get(key) for key in settings}
-    if held != settings:
+    # a file of fewer seeds is extended (its rows kept, the missing seeds run); one that would lose seeds is not
+    adds_seeds = isinstance(held["seeds"], list) and set(held["seeds"]) < set(settings["seeds"])
+    if {**held, "seeds": settings["seeds"] if adds_seeds else held["seeds"]} != settings:
         raise ValueError(f"--out {out} holds results of {_describe_settings(held)} ({len(previous['results'])} methods), "
                          f"not of this run's {_describe_settings(settings)}. {keep}")
     return previous["results"]
@@ -577,7 +580,8 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     settings = {"data": data, "profile": profile, "seeds": seeds}
     results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
-              "torch": torch.__version__, "results": results}
+              "torch": torch.__version__, "results": results,
+              **({"miniature": True} if profile == "full" and miniature_active() else {})}
     data_of_seed = {}
 
     def data_for(seed: int):

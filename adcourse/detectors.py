@@ -208,9 +208,11 @@ class Detector:
     def settings_for(self, profile: str = "quick"):
         """The settings of ``profile`` (quick/full/auto, see :func:`adcourse.train.resolve_profile`)
         with the constructor's overrides on top."""
-        from .train import resolve_profile
+        from .train import miniature, resolve_profile
 
-        return dataclasses.replace(self.PROFILES[resolve_profile(profile)], **self.overrides)
+        resolved = resolve_profile(profile)
+        settings = dataclasses.replace(self.PROFILES[resolved], **self.overrides)
+        return miniature(settings) if resolved == "full" else settings
 
     # -- fit and predict --------------------------------------------------------------------------
     def fit(self, train_dataset, profile: str = "quick", **options) -> "Detector":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import tempfile
@@ -45,8 +46,65 @@ def describe_profile(profile: str = "auto") -> str:
     resolved = resolve_profile(profile)
     if profile == "auto":
         reason = "CUDA is available" if resolved == "full" else "no CUDA device was found"
-        return f"Profile: {resolved} (PROFILE='auto' and {reason})"
-    return f"Profile: {resolved} (set explicitly)"
+        text = f"Profile: {resolved} (PROFILE='auto' and {reason})"
+    else:
+        text = f"Profile: {resolved} (set explicitly)"
+    if resolved == "full" and miniature_active():
+        text += (f", in miniature ({MINIATURE_VARIABLE}=1: a few steps on a few images, to test the code; "
+                 "its figures mean nothing)")
+    return text
+
+
+# --- the full profile in miniature ---------------------------------------------------------------
+# A full run is hours on a GPU, so a crash in its code (a data set's layout, a source protocol, the
+# saving of results) would first be met by a reader. With ADCOURSE_MINIATURE=1 the full profile keeps
+# its code paths and network sizes but trains for a few steps on a few images: the tests run every
+# chapter that way (tests/test_full_profile.py). The rule goes by the setting's name, so one rule
+# serves the detectors' settings, the benchmark's data sizes and every chapter's settings table.
+MINIATURE_VARIABLE = "ADCOURSE_MINIATURE"
+MINIATURE_COUNTS = {"n_train": 16, "n_test": 16, "train": 16, "test": 16, "n_digits": 100, "n_patches": 256,
+                    "adacos_normal": 8, "adacos_per_defect": 2, "mc_samples": 2, "fit_side": 64,
+                    "batch": 8, "batch_size": 8}
+# lists whose every entry is another training (classes, fractions, variants): the first two
+MINIATURE_FIRST_TWO = {"classes", "digit_classes", "cifar_classes", "coil_objects",
+                       "torchvision_fractions", "components", "patch_sizes", "live_methods",
+                       "live_data", "more_textures", "textures"}
+
+
+def miniature_active() -> bool:
+    """Whether ``ADCOURSE_MINIATURE`` asks for the full profile in miniature."""
+    return os.environ.get(MINIATURE_VARIABLE, "0") not in ("", "0")
+
+
+def _miniature_value(name: str, value):
+    if isinstance(value, dict):
+        return {key: _miniature_value(key, item) for key, item in value.items()}
+    if isinstance(value, bool):
+        return False if "download" in name else value  # a test never reaches for the network
+    if isinstance(value, int) and name.endswith("epochs"):
+        return min(value, 1)
+    if isinstance(value, int) and name.endswith("steps"):
+        return min(value, 5)
+    if isinstance(value, int) and name in MINIATURE_COUNTS:
+        return min(value, MINIATURE_COUNTS[name])
+    if isinstance(value, list) and name in MINIATURE_FIRST_TWO:
+        return value[:2]
+    return value
+
+
+def miniature(settings):
+    """``settings`` (a dict, nested dicts included, or a settings dataclass) as they are, or, when
+    ``ADCOURSE_MINIATURE=1``, with training lengths cut to a few steps (``*epochs`` to 1, ``*steps`` to
+    at most 5), batches and data counts to a few images (:data:`MINIATURE_COUNTS`), lists of separate trainings to
+    their first two (:data:`MINIATURE_FIRST_TWO`) and downloads off. Network sizes stay."""
+    if not miniature_active():
+        return settings
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        fields = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}
+        return dataclasses.replace(settings, **{name: _miniature_value(name, value) for name, value in fields.items()})
+    if isinstance(settings, dict):
+        return _miniature_value("", settings)
+    raise TypeError(f"miniature() takes a dict or a settings dataclass, got {type(settings).__name__}")
 
 
 def fit(model: torch.nn.Module, loader: Iterable, loss_fn: Callable, *, epochs: int,

@@ -86,11 +86,24 @@ def test_out_merges_methods_run_one_after_the_other(tmp_path, calls):
     assert "| ae_l2 |" in out.with_suffix(".md").read_text() and "| ae_ssim |" in out.with_suffix(".md").read_text()
 
 
+def test_more_seeds_extend_a_file_keeping_its_rows(tmp_path, calls):
+    out = tmp_path / "r.json"
+    bench.run(["ae_l2", "ae_ssim"], "textures:brick", "quick", seed=0, out=out, progress=False)
+    first = json.loads(out.read_text())["results"]["ae_l2"]["seeds"]["0"]
+    report = bench.run(["ae_l2", "ae_ssim"], "textures:brick", "quick", seed=[0, 1, 2], out=out, progress=False)
+    assert calls == [("ae_l2", 0), ("ae_ssim", 0), ("ae_l2", 1), ("ae_l2", 2), ("ae_ssim", 1), ("ae_ssim", 2)]
+    saved = json.loads(out.read_text())
+    assert saved["seeds"] == [0, 1, 2] and saved == json.loads(json.dumps(report))
+    entry = saved["results"]["ae_l2"]
+    assert entry["seeds"]["0"] == first and entry["std"]["image_auroc"] is not None
+    assert entry["image_auroc"] == pytest.approx(np.mean([fake_figure("ae_l2", s) for s in range(3)]))
+
+
 @pytest.mark.parametrize("change, held", [
     (dict(data="textures:grass"), "--data textures:brick"),
     (dict(profile="full"), "--profile quick"),
-    (dict(seed=[0, 1, 2]), "seeds 0,1"),
-    (dict(seed=0), "seeds 0,1"),
+    (dict(seed=0), "seeds 0,1"),  # would lose seed 1
+    (dict(seed=[0, 2]), "seeds 0,1"),
 ])
 def test_out_of_another_run_is_refused_and_kept(tmp_path, calls, change, held):
     out = tmp_path / "r.json"

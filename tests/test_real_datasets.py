@@ -1,7 +1,6 @@
 """MVTec AD, BTAD and the torchvision one-class wrapper, on tiny trees made here (no network)."""
 
 import shutil
-import struct
 import tarfile
 import zipfile
 
@@ -15,21 +14,9 @@ from adcourse.data.btad import BTAD
 from adcourse.data.download import DatasetError, sha256sum
 from adcourse.data.mvtec import MVTEC_ARCHIVE, MVTEC_PAGE, MVTEC_SHA256, MVTecAD
 from adcourse.data.torchvision_oneclass import TorchvisionOneClass
+from tiny_datasets import save_image, save_mask, write_idx
 
 UNREACHABLE = "http://127.0.0.1:9/x"
-
-
-def save_image(path, value=128, mode="RGB", size=8):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, (size, size), value if mode == "L" else (value,) * 3).save(path)
-
-
-def save_mask(path, size=8):
-    """Left half defective."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mask = np.zeros((size, size), np.uint8)
-    mask[:, : size // 2] = 255
-    Image.fromarray(mask).save(path)
 
 
 def make_mvtec(root, category="bottle", mode="RGB"):
@@ -296,12 +283,6 @@ def test_oneclass_bad_arguments(tmp_path):
         TorchvisionOneClass("MNIST", tmp_path, 1, "tset", base=base)
 
 
-def write_idx(path, array):
-    """An MNIST idx file: magic (0, 0, type 0x08 = ubyte, ndim), the sizes, the bytes."""
-    with open(path, "wb") as f:
-        f.write(struct.pack(">BBBB", 0, 0, 8, array.ndim))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.astype(np.uint8).tobytes())
 
 
 def test_oneclass_reads_real_torchvision_mnist_files(tmp_path):

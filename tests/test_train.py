@@ -98,3 +98,48 @@ def test_count_parameters_all_or_trainable_only():
     model[0].requires_grad_(False)                                # a frozen first layer
     assert train.count_parameters(model) == 26
     assert train.count_parameters(model, trainable_only=True) == 10
+
+
+def test_miniature_is_the_identity_unless_asked(monkeypatch):
+    from adcourse.train import miniature
+
+    monkeypatch.delenv("ADCOURSE_MINIATURE", raising=False)
+    settings = {"epochs": 100, "n_train": 2048, "classes": list(range(10)), "download": True}
+    assert miniature(settings) is settings
+    monkeypatch.setenv("ADCOURSE_MINIATURE", "0")
+    assert miniature(settings) is settings
+
+
+def test_miniature_cuts_training_and_data_but_not_networks(monkeypatch):
+    from adcourse import detectors
+    from adcourse.train import describe_profile, miniature
+
+    monkeypatch.setenv("ADCOURSE_MINIATURE", "1")
+    settings = {"gan_steps": 10000, "fit_steps": 3, "digit_epochs": 100, "n_train": 2048, "n_test": 8,
+                "classes": list(range(10)), "mvtec": ["carpet", "grid", "wood"], "cifar_download": True,
+                "width": 64, "texture": {"n_train": 1024, "epochs": 100, "size": 64}, "n_components": 150}
+    assert miniature(settings) == {"gan_steps": 5, "fit_steps": 3, "digit_epochs": 1, "n_train": 16, "n_test": 8,
+                                   "classes": [0, 1], "mvtec": ["carpet", "grid", "wood"], "cifar_download": False,
+                                   "width": 64, "texture": {"n_train": 16, "epochs": 1, "size": 64},
+                                   "n_components": 150}
+    full = detectors.create("vtadl").settings_for("full")
+    assert (full.epochs, full.refit_steps, full.dim, full.n_components) == (1, 5, 512, 150)
+    assert detectors.create("vtadl").settings_for("quick") == detectors.create("vtadl").PROFILES["quick"]
+    assert detectors.create("padim").settings_for("full").download is False
+    assert "in miniature" in describe_profile("full") and "miniature" not in describe_profile("quick")
+    with pytest.raises(TypeError, match="dict or a settings dataclass"):
+        miniature([1, 2])
+
+
+def test_miniature_results_say_so(monkeypatch, tmp_path):
+    import json
+
+    from adcourse import bench, results
+
+    monkeypatch.setenv("ADCOURSE_RESULTS", str(tmp_path))
+    monkeypatch.setenv("ADCOURSE_MINIATURE", "1")
+    assert json.loads(results.save("x", {"auroc": 0.5}).read_text())["miniature"]
+    train, test = bench.load_data("textures:brick", "full")
+    assert (len(train), len(test)) == (16, 16)
+    monkeypatch.delenv("ADCOURSE_MINIATURE")
+    assert "miniature" not in json.loads(results.save("y", {"auroc": 0.5}).read_text())
