@@ -64,7 +64,7 @@ def describe_profile(profile: str = "auto") -> str:
 MINIATURE_VARIABLE = "ADCOURSE_MINIATURE"
 MINIATURE_COUNTS = {"n_train": 16, "n_test": 16, "train": 16, "test": 16, "n_digits": 100, "n_patches": 256,
                     "adacos_normal": 8, "adacos_per_defect": 2, "mc_samples": 2, "fit_side": 64,
-                    "batch": 8, "batch_size": 8}
+                    "batch": 4, "batch_size": 4, "n_critic": 1}
 # lists whose every entry is another training (classes, fractions, variants): the first two
 MINIATURE_FIRST_TWO = {"classes", "digit_classes", "cifar_classes", "coil_objects",
                        "torchvision_fractions", "components", "patch_sizes", "live_methods",
