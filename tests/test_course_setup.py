@@ -505,3 +505,15 @@ def test_the_grading_loop_of_the_instructors_page_reports_each_student(tmp_path)
     assert report["bob"] == "every check passes"
     assert report["alice"].startswith("ExerciseError: `double` fails on case 'two'"), report["alice"]
     assert (tmp_path / "checked" / "alice.ipynb").is_file() and (tmp_path / "checked" / "bob.ipynb").is_file()
+
+
+def test_setup_lists_the_times_each_chapter_states():
+    stated = {}
+    for path in NOTEBOOKS:
+        title = nbformat.read(path, as_version=4).cells[0].source
+        chapter = re.search(r"# Chapter ([0-9ab]+) — ", title).group(1)
+        stated[chapter] = re.search(r"quick profile ran in (\d+) s", title).group(1) + " s"
+    listed = dict(re.findall(r"^\| ([0-9ab]+) \| (\d+ s) \| ", (REPO / "book" / "setup.md").read_text(), re.MULTILINE))
+    assert listed == stated
+    low, high = min(stated.values(), key=lambda t: int(t[:-2])), max(stated.values(), key=lambda t: int(t[:-2]))
+    assert f"takes {low[:-2]}–{high}" in (REPO / "README.md").read_text()
