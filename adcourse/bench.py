@@ -68,7 +68,8 @@ from tqdm.auto import tqdm
 from . import detectors, metrics
 from .data import (BTAD, MVTecAD, MVTecLayoutFolder, OneClassDigits, TextureDefects, TorchvisionOneClass,
                    TORCHVISION_SETS, DatasetError)
-from .train import count_parameters, miniature, miniature_active, pick_device, resolve_profile, seed_everything, write_text_atomic
+from .train import (MINIATURE_NOTE, count_parameters, miniature, miniature_active, pick_device, resolve_profile,
+                    seed_everything, write_text_atomic)
 
 # Built-in data sizes per profile: quick keeps a 2-core CPU busy for about a minute per method.
 TEXTURE_SIZES = {"quick": dict(train=256, test=128), "full": dict(train=2048, test=512)}
@@ -581,7 +582,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
               "torch": torch.__version__, "results": results,
-              **({"miniature": True} if profile == "full" and miniature_active() else {})}
+              **({"miniature": MINIATURE_NOTE} if profile == "full" and miniature_active() else {})}
     data_of_seed = {}
 
     def data_for(seed: int):

@@ -104,11 +104,10 @@ def save(name: str, payload: Any) -> Path:
         raise TypeError(f"result {name!r}: cannot write a value of type {type(value).__name__} as JSON; "
                         "convert it to a number, string, list or dict first")
 
-    from .train import miniature_active, write_text_atomic  # imports torch: only when a result is written
+    from .train import MINIATURE_NOTE, miniature_active, write_text_atomic  # imports torch: only when a result is written
 
-    if miniature_active() and isinstance(payload, dict):  # never to be mistaken for a real run's figures
-        payload = {"miniature": "ADCOURSE_MINIATURE=1: a few steps on a few images; the figures mean nothing",
-                   **payload}
+    if miniature_active() and isinstance(payload, dict):
+        payload = {"miniature": MINIATURE_NOTE, **payload}
     text = json.dumps(payload, indent=2, default=plain) + "\n"  # serialised before anything is written
 
     return write_text_atomic(results_dir() / filename, text)
