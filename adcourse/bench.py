@@ -100,7 +100,7 @@ def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction
     if anomaly_fraction and kind != "digits":
         raise ValueError(f"--data {spec!r} has no labelled anomalies for training; supervised methods run on digits:<class>")
     if kind == "textures":
-        n = miniature(TEXTURE_SIZES[profile]) if profile == "full" else TEXTURE_SIZES[profile]
+        n = miniature(TEXTURE_SIZES[profile], profile)
         return (TextureDefects(part, "train", n=n["train"], seed=seed),
                 TextureDefects(part, "test", n=n["test"], seed=seed))
     if kind == "digits":

@@ -212,7 +212,7 @@ class Detector:
 
         resolved = resolve_profile(profile)
         settings = dataclasses.replace(self.PROFILES[resolved], **self.overrides)
-        return miniature(settings) if resolved == "full" else settings
+        return miniature(settings, resolved)
 
     # -- fit and predict --------------------------------------------------------------------------
     def fit(self, train_dataset, profile: str = "quick", **options) -> "Detector":

@@ -66,9 +66,9 @@ MINIATURE_VARIABLE = "ADCOURSE_MINIATURE"
 MINIATURE_NOTE = "ADCOURSE_MINIATURE=1: a few steps on a few images; the figures mean nothing"
 MINIATURE_COUNTS = {"n_train": 16, "n_test": 16, "train": 16, "test": 16, "n_digits": 100, "n_patches": 256,
                     "adacos_normal": 8, "adacos_per_defect": 2, "mc_samples": 2, "fit_side": 64,
-                    "batch": 4, "batch_size": 4, "n_critic": 1}
+                    "batch": 4, "batch_size": 4, "n_critic": 1, "n_judge": 64, "n_probe": 16}
 # lists whose every entry is another training (classes, fractions, variants): the first two
-MINIATURE_FIRST_TWO = {"classes", "digit_classes", "cifar_classes", "coil_objects",
+MINIATURE_FIRST_TWO = {"classes", "digit_classes", "cifar_classes", "coil_objects", "fractions",
                        "torchvision_fractions", "components", "patch_sizes", "live_methods",
                        "live_data", "more_textures", "textures"}
 
@@ -94,12 +94,15 @@ def _miniature_value(name: str, value):
     return value
 
 
-def miniature(settings):
+def miniature(settings, profile: str = "full"):
     """``settings`` (a dict, nested dicts included, or a settings dataclass) as they are, or, when
     ``ADCOURSE_MINIATURE=1``, with training lengths cut to a few steps (``*epochs`` to 1, ``*steps`` to
     at most 5), batches and data counts to a few images (:data:`MINIATURE_COUNTS`), lists of separate trainings to
-    their first two (:data:`MINIATURE_FIRST_TWO`) and downloads off. Network sizes stay."""
-    if not miniature_active():
+    their first two (:data:`MINIATURE_FIRST_TWO`) and downloads off. Network sizes stay.
+
+    ``profile``: the profile ``settings`` belong to; only the full one is cut (the quick one is small
+    already, and its figures are the ones the tests check)."""
+    if not miniature_active() or profile != "full":
         return settings
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
         fields = {field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)}

@@ -126,6 +126,7 @@ def test_miniature_cuts_training_and_data_but_not_networks(monkeypatch):
     assert (full.epochs, full.refit_steps, full.dim, full.n_components) == (1, 5, 512, 150)
     assert detectors.create("vtadl").settings_for("quick") == detectors.create("vtadl").PROFILES["quick"]
     assert detectors.create("padim").settings_for("full").download is False
+    assert miniature(settings, "quick") is settings  # the quick profile is small already: never cut
     assert "in miniature" in describe_profile("full") and "miniature" not in describe_profile("quick")
     with pytest.raises(TypeError, match="dict or a settings dataclass"):
         miniature([1, 2])
