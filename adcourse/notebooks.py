@@ -30,10 +30,12 @@ from unittest import mock
 
 import nbformat
 
-# Progress bars are for people at a keyboard; in stored outputs they are noise. The thread count is
-# pinned because floating-point sums (and so the checked numbers) depend on how work is split
-# between threads; nbval runs with the same setting (Makefile).
-QUIET_ENV = {"TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
+# Progress bars are for people at a keyboard; in stored outputs they are noise.
+QUIET_ENV = {"TQDM_DISABLE": "1", "PYTHONHASHSEED": "0"}
+# The kernel's thread count is pinned because floating-point sums (and so the checked numbers) depend
+# on how work is split between threads; nbval runs with the same setting (Makefile). Kernels that
+# share the CPU take fewer: two kernels of two threads each on two cores slow each other many times over.
+THREADS = 2
 
 
 def clean(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -83,13 +85,13 @@ def _environment(**values: str):
 
 
 def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, profile: str = "quick",
-            parameters: dict | None = None, cwd: str | os.PathLike | None = None) -> float:
+            parameters: dict | None = None, cwd: str | os.PathLike | None = None, threads: int = THREADS) -> float:
     """Run ``path`` top to bottom on a fresh kernel; return the seconds taken.
 
     ``profile``: ``"quick"`` injects nothing and hides CUDA from the kernel, so the notebook's own
     ``PROFILE = "auto"`` resolves to quick and its parameters cell is stored as it was;
     ``"full"`` is injected by papermill and needs an ``output`` other than ``path`` (the committed
-    notebooks keep quick outputs).
+    notebooks keep quick outputs). ``threads``: the kernel's ``OMP_NUM_THREADS``.
 
     The executed notebook replaces ``output`` (default: ``path`` itself) only when every cell ran:
     a failing run leaves the previous file untouched.
@@ -104,12 +106,14 @@ def execute(path: str | os.PathLike, output: str | os.PathLike | None = None, pr
     if profile == "full" and (output is None or Path(output).resolve() == path.resolve()):
         raise ValueError(f"{path}: the committed notebooks keep the outputs of a quick run; write a full "
                          "run elsewhere (output=..., or --output-dir on the command line)")
-    os.environ.update(QUIET_ENV)
-    hide_cuda = {"CUDA_VISIBLE_DEVICES": ""} if profile == "quick" else {}
+    if not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"threads must be a whole number of at least 1, got {threads!r}")
+    kernel_env = {**QUIET_ENV, "OMP_NUM_THREADS": str(threads),
+                  **({"CUDA_VISIBLE_DEVICES": ""} if profile == "quick" else {})}
     injected = {**({"PROFILE": "full"} if profile == "full" else {}), **(parameters or {})}
     start = time.perf_counter()
     with atomic_output(output or path, suffix=".ipynb") as tmp:  # papermill reads the format from the suffix
-        with _output_widgets_that_do_not_write_back(), _environment(**hide_cuda):
+        with _output_widgets_that_do_not_write_back(), _environment(**kernel_env):
             papermill.execute_notebook(str(path), str(tmp), parameters=injected,
                                        kernel_name="python3", cwd=str(cwd or path.parent), progress_bar=False,
                                        execution_timeout=600, start_timeout=120)
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
     run.add_argument("--profile", default="quick", choices=["quick", "full"],
                      help="quick (default): in place, CUDA hidden; full: needs --output-dir")
     run.add_argument("--output-dir", default=None, help="write executed copies here instead of in place")
+    run.add_argument("--threads", type=int, default=THREADS,
+                     help=f"the kernel's OMP_NUM_THREADS (default {THREADS}; 1 when kernels share the CPU)")
     headers = commands.add_parser("headers", help="write the Colab badge and install cell from _config.yml")
     headers.add_argument("notebooks", nargs="+")
     args = parser.parse_args(argv)
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
                      "(the committed notebooks keep the outputs of a quick run)")
     for name in args.notebooks:
         output = Path(args.output_dir) / Path(name).name if args.output_dir else None
-        seconds = execute(name, output, args.profile)
+        seconds = execute(name, output, args.profile, threads=args.threads)
         print(f"{name}: {seconds:.0f} s ({args.profile})", flush=True)
     return 0
 

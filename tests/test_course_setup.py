@@ -143,22 +143,29 @@ def test_the_executor_refuses_to_overwrite_a_notebook_with_a_full_run(tmp_path, 
     assert nbformat.read(path, as_version=4).cells == []
 
 
-def test_a_quick_run_hides_cuda_and_keeps_the_parameters_cell(tmp_path):
+def test_a_quick_run_hides_cuda_pins_the_threads_and_keeps_the_parameters_cell(tmp_path):
     from nbformat.v4 import new_code_cell, new_notebook
 
     source = new_notebook(cells=[
         new_code_cell('PROFILE = "auto"', metadata={"tags": ["parameters"]}),
         new_code_cell("import os\nfrom adcourse.train import resolve_profile\n"
-                      "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), resolve_profile(PROFILE))"),
+                      "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), resolve_profile(PROFILE), "
+                      "os.environ.get('OMP_NUM_THREADS'))"),
     ])
     source.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(source, tmp_path / "chapter.ipynb")
-    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    before = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
     notebooks.execute(tmp_path / "chapter.ipynb", profile="quick")
-    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before, "the executor left CUDA hidden in this process"
+    after = {name: os.environ.get(name) for name in before}
+    assert after == before, "the executor left its kernel's environment in this process"
     ran = nbformat.read(tmp_path / "chapter.ipynb", as_version=4)
     assert [c.source for c in ran.cells] == [c.source for c in source.cells], "a cell was injected or changed"
-    assert ran.cells[1].outputs[0]["text"] == "'' quick\n"
+    assert ran.cells[1].outputs[0]["text"] == f"'' quick {notebooks.THREADS}\n"
+    # kernels that share the CPU ask for fewer threads (the full-profile test runs two at a time)
+    notebooks.execute(tmp_path / "chapter.ipynb", tmp_path / "one_thread.ipynb", profile="quick", threads=1)
+    assert nbformat.read(tmp_path / "one_thread.ipynb", as_version=4).cells[1].outputs[0]["text"] == "'' quick 1\n"
+    with pytest.raises(ValueError, match="threads must be a whole number of at least 1, got 0"):
+        notebooks.execute(tmp_path / "chapter.ipynb", profile="quick", threads=0)
 
 
 def _section(markdown: str, heading: str) -> str:

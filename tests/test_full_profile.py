@@ -7,17 +7,21 @@ into a Colab session. Here each chapter is executed with ``PROFILE="full"`` and
 sizes, a few steps on a few images) on small copies of MVTec AD, BTAD, COIL-100 and torchvision's
 MNIST family and CIFAR-10 files made by ``tiny_datasets.py`` under a temporary ``$ADCOURSE_DATA``.
 Its figures mean nothing; that it runs, finds the data and writes its results is what is tested.
+The chapters run two at a time, each in its own process (see ``PARALLEL_KERNELS``).
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from adcourse.notebooks import execute
 from tiny_datasets import CIFAR_MD5_STARTUP, make_course_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,37 +38,57 @@ WRITES = {
     "09_vit_gmm": ["09_vit_gmm.json"],
     "10_comparison": ["bench_full_textures_brick.json", "bench_full_textures_grass.json"],
 }
-# The aim is about 20 s a chapter; the limit stops a miniature that quietly grew into a real run.
-SECONDS_LIMIT = 120
+# Two chapters at a time, one thread each: a miniature is mostly small operations that a second
+# thread hardly speeds up, so two kernels side by side finish sooner than one after the other with
+# two threads each (measured on the course's 2-core machine: four chapters in 166 s against 246 s).
+PARALLEL_KERNELS = 2
+# The aim is about 20 s a chapter (alone); the limit stops a miniature that quietly grew into a real
+# run, with room for the kernel that runs beside it.
+SECONDS_LIMIT = 240
+TEST_NAME = "test_full_profile_runs_in_miniature"
 
 
 @pytest.fixture(scope="module")
-def course_data(tmp_path_factory):
-    root = make_course_data(tmp_path_factory.mktemp("adcourse_data"))
-    startup = tmp_path_factory.mktemp("ipython") / "profile_default" / "startup"
+def miniature_runs(request, tmp_path_factory):
+    """Run the full profile in miniature of every chapter this session selected, two at a time, in
+    separate processes; return, for each, its seconds, exit status, error output and folders."""
+    data = make_course_data(tmp_path_factory.mktemp("adcourse_data"))
+    ipython_dir = tmp_path_factory.mktemp("ipython")
+    startup = ipython_dir / "profile_default" / "startup"
     startup.mkdir(parents=True)
     (startup / "00-small-cifar10.py").write_text(CIFAR_MD5_STARTUP)
-    return root, startup.parents[1]
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if getattr(item, "originalname", None) == TEST_NAME]
+
+    def run(path: Path) -> dict:
+        folder = tmp_path_factory.mktemp(path.stem)
+        env = {**os.environ, "ADCOURSE_MINIATURE": "1", "ADCOURSE_DATA": str(data),
+               "ADCOURSE_RESULTS": str(folder / "results"), "IPYTHONDIR": str(ipython_dir),
+               "TORCH_HOME": str(folder / "torch")}
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "adcourse.notebooks", "execute", "--profile", "full",
+                               "--output-dir", str(folder), "--threads", "1", str(path)], env=env, capture_output=True, text=True)
+        return {"seconds": time.perf_counter() - start, "returncode": done.returncode,
+                "errors": done.stderr[-4000:], "notebook": folder / path.name, "results": folder / "results"}
+
+    # The later chapters are the longer ones: started first, the short ones fill the gaps at the end.
+    order = selected[::-1]
+    with ThreadPoolExecutor(PARALLEL_KERNELS) as pool:
+        return dict(zip((path.stem for path in order), pool.map(run, order)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_full_profile_runs_in_miniature(path, course_data, tmp_path, monkeypatch):
-    data, ipython_dir = course_data
-    results = tmp_path / "results"
-    for name, value in {"ADCOURSE_MINIATURE": "1", "ADCOURSE_DATA": str(data), "ADCOURSE_RESULTS": str(results),
-                        "IPYTHONDIR": str(ipython_dir), "TORCH_HOME": str(tmp_path / "torch")}.items():
-        monkeypatch.setenv(name, value)  # the kernel papermill starts inherits them
-    start = time.perf_counter()
-    execute(path, tmp_path / path.name, profile="full", cwd=path.parent)
-    seconds = time.perf_counter() - start
-    print(f"{path.name}: {seconds:.0f} s (full profile in miniature)")
+def test_full_profile_runs_in_miniature(path, miniature_runs):
+    run = miniature_runs[path.stem]
+    print(f"{path.name}: {run['seconds']:.0f} s (full profile in miniature, beside another chapter)")
+    assert run["returncode"] == 0, f"{path.name} failed in its full profile (in miniature):\n{run['errors']}"
 
-    cells = nbformat.read(tmp_path / path.name, as_version=4).cells
+    cells = nbformat.read(run["notebook"], as_version=4).cells
     printed = [o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
     profile_line = next((text for text in printed if "Profile:" in text), "no 'Profile:' line printed")
     assert "Profile: full" in profile_line and "in miniature" in profile_line, profile_line
     for name in WRITES.get(path.stem, []):
-        written = json.loads((results / name).read_text())
+        written = json.loads((run["results"] / name).read_text())
         assert written.get("miniature"), f"{name} does not say that it comes from a miniature run"
-    assert seconds < SECONDS_LIMIT, f"{path.name} took {seconds:.0f} s in miniature (aim about 20 s)"
+    assert run["seconds"] < SECONDS_LIMIT, f"{path.name} took {run['seconds']:.0f} s in miniature (aim about 20 s)"
