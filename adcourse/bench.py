@@ -8,6 +8,9 @@
 ``test/<defect>``, optional masks in ``ground_truth/<defect>/<stem>_mask.png``; see
 :class:`adcourse.data.MVTecLayoutFolder`). ``--seeds 0,1,2`` runs every method once per seed, the
 data drawn with that seed too (``--seed 3`` is the same as ``--seeds 3``; the default is seed 0).
+``--data-seed 0`` draws the data once, with seed 0, for every training seed: the spread over the
+seeds is then the training's alone (initial weights, batch order, noise), where without it the
+spread is that of the data draw and the training together.
 
 ``--out results.json`` is written after every finished (method, seed), with a Markdown table beside
 it (``results.md``: mean ± standard deviation over the seeds, then image AUROC per defect type).
@@ -18,6 +21,7 @@ other ``--data`` or ``--profile``, or holding a seed this run does not name, is 
 overwritten, and so is a file that is not such a results file. The JSON::
 
     {"data": "textures:brick", "profile": "quick", "seeds": [0, 1, 2],
+     "data_seed": null,                                 # null: each seed draws its own data; a number: one draw
      "device": ..., "torch": ..., "command": ...,       # of the latest run (each row has its own device)
      "date": ..., "wall_seconds": ...,                  # the latest write; the seconds of every row together
      "results": {
@@ -509,7 +513,8 @@ def check_out(out) -> Path | None:
 def _describe_settings(settings: dict) -> str:
     seeds = settings.get("seeds")
     seeds = ",".join(str(s) for s in seeds) if isinstance(seeds, list) else repr(seeds)
-    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}"
+    drawn = "" if settings.get("data_seed") is None else f", data seed {settings['data_seed']}"
+    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}{drawn}"
 
 
 def previous_results(out: Path, settings: dict) -> dict:
@@ -565,9 +570,9 @@ def _check_both_classes(data: str, labels: np.ndarray) -> None:
 
 def run(methods: list[str], data: str, profile: str = "quick", seed: int | Sequence[int] = 0,
         out: str | os.PathLike | None = None, device=None, progress: bool = True, command: str | None = None,
-        overrides: dict[str, dict] | None = None) -> dict:
+        overrides: dict[str, dict] | None = None, data_seed: int | None = None) -> dict:
     """Run the benchmark: every method of ``methods`` on ``data``, once per seed of ``seed`` (one int
-    or several); ``overrides`` (``{"ae_l2": {"epochs": 1}}``) replace settings of the profile. With
+    or several), the data drawn with each seed, or once with ``data_seed`` when it is given; ``overrides`` (``{"ae_l2": {"epochs": 1}}``) replace settings of the profile. With
     ``out``, keep what that JSON file already holds for the same data, profile and seeds, and save
     to it after every finished (method, seed). Every argument is checked before any training."""
     if not isinstance(data, str) or not data.strip():
@@ -575,10 +580,12 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     profile = resolve_profile(profile)
     methods = check_methods(methods)
     seeds = check_seeds(seed)
+    if data_seed is not None:
+        data_seed = check_seeds(data_seed)[0]
     overrides = check_overrides(overrides, methods)
     check_device(device)
     out = check_out(out)
-    settings = {"data": data, "profile": profile, "seeds": seeds}
+    settings = {"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed}
     results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
               "torch": torch.__version__, "results": results,
@@ -586,6 +593,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     data_of_seed = {}
 
     def data_for(seed: int):
+        seed = seed if data_seed is None else data_seed
         key = None if data.partition(":")[0].lower() in UNSEEDED_KINDS else seed
         if key not in data_of_seed:
             train, test = load_data(data, profile, seed)
@@ -603,7 +611,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
         train, test_batch, defects = data_for(s)
         if detectors.create(name).supervised:
             try:
-                train, _ = load_data(data, profile, s, SUPERVISED_ANOMALY_FRACTION)
+                train, _ = load_data(data, profile, s if data_seed is None else data_seed, SUPERVISED_ANOMALY_FRACTION)
             except ValueError as reason:
                 results[name] = {"skipped": str(reason), "supervised": True}
                 _save(report, out)
@@ -637,6 +645,8 @@ def main(argv=None) -> int:
     seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
     seeds.add_argument("--seeds", type=parse_seeds, default=None,
                        help="several seeds, comma-separated, e.g. 0,1,2: mean ± standard deviation over them")
+    parser.add_argument("--data-seed", type=int, default=None,
+                        help="draw the data once with this seed for every --seeds (default: each seed draws its own)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it); "
                                                    "a second run with the same --out adds to it")
@@ -645,7 +655,8 @@ def main(argv=None) -> int:
     seed = args.seeds if args.seeds is not None else (0 if args.seed is None else args.seed)
     try:
         command = " ".join(["python -m adcourse.bench", *(argv if argv is not None else sys.argv[1:])])
-        report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command)
+        report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command,
+                     data_seed=args.data_seed)
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:

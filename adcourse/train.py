@@ -32,6 +32,14 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def training_generator() -> torch.Generator:
+    """A generator for a training's own draws (batch order, initial mixture centres), seeded with the
+    training seed: ``torch.initial_seed()``, the seed of the last :func:`seed_everything`. So a
+    detector fitted after ``seed_everything(3)`` shuffles its batches as seed 3, and the spread over
+    training seeds includes the batch order, not the initial weights alone."""
+    return torch.Generator().manual_seed(torch.initial_seed())
+
+
 def resolve_profile(profile: str = "auto") -> str:
     """``"auto"`` becomes ``"full"`` when CUDA is present and ``"quick"`` otherwise."""
     if profile not in ("auto", "quick", "full"):

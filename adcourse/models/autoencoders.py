@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_loss, ssim_map
-from ..train import batch_to, fit
+from ..train import batch_to, fit, training_generator
 
 
 def down_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -59,7 +59,10 @@ class AutoencoderSettings:
     """Settings of :class:`AutoencoderDetector` (``loss`` is fixed by the registered variant)."""
     loss: Literal["l2", "ssim"] = "l2"
     latent_dim: int = 64
-    epochs: int = 30
+    # 60, not 30: with 30 the SSIM loss sat on its plateau (≈0.40) until the last epochs and escaped it
+    # on some training seeds only (AUPRO 0.43-0.67 over seeds 0-4 on brick); with 60 every seed does
+    # (0.73 ± 0.01), and the MSE autoencoder, trained as long for one protocol, gains 0.07 image AUROC.
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 2e-3
     smoothing: float = 2.0  # Gaussian σ of the anomaly maps, in pixels
@@ -99,7 +102,7 @@ class AutoencoderDetector(Detector):
     def fit_networks(self, train_dataset) -> None:
         s = self.settings
         loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=training_generator())
 
         def loss_fn(model, batch):
             x = batch_to(batch, self.device)["image"]

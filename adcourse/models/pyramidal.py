@@ -37,7 +37,7 @@ from ..backbones import (BACKBONE_CHOICES, EfficientNetLite0Features, ImageNetIn
                          load_imagenet_state)
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_map
-from ..train import batch_to, fit
+from ..train import batch_to, fit, training_generator
 from .capsules import dynamic_routing
 
 
@@ -473,7 +473,7 @@ class _PyramidalDetector(Detector):
     def fit_networks(self, train_dataset) -> None:
         s = self.settings
         loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True, drop_last=len(train_dataset) > s.batch_size,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=training_generator())
         params = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
 

@@ -28,6 +28,7 @@ from .. import checks
 from ..backbones import BACKBONE_CHOICES
 from ..detectors import Detector, NotFittedError, register, smooth_maps
 from ..losses import cosine_distance, perceptual_features, perceptual_loss, style_loss, triplet_loss
+from ..train import training_generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +524,7 @@ class SirenInpaintDetector(Detector):
             self.backbone_name = self.loss_network.name
         opt_d = (torch.optim.Adam(self.discriminator.parameters(), lr=s.disc_lr)
                  if self.discriminator is not None else None)
-        generator = torch.Generator().manual_seed(0)
+        generator = training_generator()
         self._train_generator(images, generator, opt_d)
         if s.discriminator == "after":
             self._train_discriminator(images, s.disc_epochs, generator, opt_d)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from .. import checks
 from ..detectors import Detector, register, smooth_maps
-from ..train import batch_to, fit, pick_device
+from ..train import batch_to, fit, pick_device, training_generator
 from .autoencoders import down_block, up_block
 from .gans import Critic, to_signed
 
@@ -428,7 +428,7 @@ class VAEDetector(Detector):
     def fit_networks(self, train_dataset) -> None:
         s = self.settings
         loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=training_generator())
 
         def loss_fn(model, batch):
             x = batch_to(batch, self.device)["image"]

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from .. import checks
 from ..detectors import Detector, register, smooth_maps
 from ..losses import mixture_nll, ssim_loss, ssim_map
-from ..train import batch_to, fit
+from ..train import batch_to, fit, training_generator
 
 CONDITIONS = ("position", "none", "vector")
 MDN_LOSSES = ("mixture", "weighted_components")
@@ -566,12 +566,12 @@ class VTADLDetector(Detector):
     def fit_networks(self, train_dataset) -> None:
         s = self.settings
         loader = DataLoader(train_dataset, batch_size=s.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=training_generator())
         with torch.no_grad():  # standardise the input; start the mixture on encoded training patches
             first = torch.stack([train_dataset[i]["image"] for i in range(min(len(train_dataset), 256))])
             if s.standardise_input:
                 self.network.encoder.set_input_statistics(first.to(self.device))
-            self.network.init_mixture(first.to(self.device), torch.Generator().manual_seed(0))
+            self.network.init_mixture(first.to(self.device), training_generator())
         mdn_params = list(self.network.mdn.parameters())
         ids = {id(p) for p in mdn_params}
         others = [p for p in self.network.parameters() if id(p) not in ids]

@@ -1,0 +1,136 @@
+"""adcourse.spread: a trained figure checked against its committed spread over training seeds."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import adcourse.results
+from adcourse import metrics, spread
+from adcourse.spread import OutsideSpread, Spread
+
+DRAWS = {"0": 0.80, "1": 0.76, "2": 0.78, "3": 0.82, "4": 0.79}
+
+
+@pytest.fixture
+def recorded(tmp_path, monkeypatch):
+    """A chapter file of five seeds, read as the committed one (the folder a collection writes)."""
+    (tmp_path / "99_test.json").write_text(json.dumps({
+        "chapter": "99_test", "profile": "quick", "data_seed": 0, "seeds": [0, 1, 2, 3, 4],
+        "figures": {"method image AUROC": DRAWS,
+                    "other image AUROC": {s: v - 0.04 + 0.01 * int(s) for s, v in DRAWS.items()}}}))
+    monkeypatch.setenv(spread.RECORD_ENV, str(tmp_path))
+    return tmp_path
+
+
+def live(seed=0, **kwargs):
+    return Spread("99_test", **{"profile": "quick", "data_seed": 0, "seed": seed, **kwargs})
+
+
+def test_band_is_mean_plus_minus_the_prediction_spread():
+    values = list(DRAWS.values())
+    mean, std = np.mean(values), np.std(values, ddof=1)
+    low, high = spread.band(values)
+    half = spread.SPREAD_FACTOR * std * math.sqrt(1 + 1 / len(values)) + spread.ROUNDING
+    assert (low, high) == pytest.approx((mean - half, mean + half))
+    assert low < min(values) and high > max(values)
+
+
+def test_a_run_inside_the_spread_passes_and_says_so(recorded, capsys, monkeypatch):
+    monkeypatch.delenv(spread.RECORD_ENV)  # checking only: nothing is written
+    monkeypatch.setattr(Spread, "stored", lambda self: json.loads((recorded / "99_test.json").read_text()))
+    live().check("method image AUROC", 0.77)
+    line = capsys.readouterr().out
+    assert "your run 0.770 (training seed 0); committed 0.790 ± 0.022 over training seeds 0–4" in line
+    assert "seeds 1–4: 0.787 ± 0.025" in line and "within the expected spread ✓" in line
+
+
+def test_a_run_far_outside_raises_naming_the_band_and_the_fix(recorded, monkeypatch):
+    monkeypatch.delenv(spread.RECORD_ENV)
+    monkeypatch.setattr(Spread, "stored", lambda self: json.loads((recorded / "99_test.json").read_text()))
+    with pytest.raises(OutsideSpread, match=r"OUTSIDE the expected spread \[0\.\d+, 0\.\d+\].*adcourse.spread collect"):
+        live().check("method image AUROC", 0.60)
+    with pytest.raises(OutsideSpread, match="not a number"):
+        live().check("method image AUROC", float("nan"))
+    with pytest.raises(KeyError, match="no committed figure 'typo'"):
+        live().check("typo", 0.8)
+
+
+def test_a_broken_method_fails_the_check():
+    """Scores replaced by noise: the image AUROC of a real test set's labels is near chance, and it
+    falls outside the band of every committed AUROC-type figure of a method that works (mean ≥ 0.7)."""
+    labels = np.r_[np.zeros(64), np.ones(64)]  # the size of the quick texture test sets
+    noise_auroc = metrics.image_auroc(labels, np.random.default_rng(0).random(128))
+    assert abs(noise_auroc - 0.5) < 0.1
+    checked = 0
+    for name in adcourse.results.stored_names("spread/*.json"):
+        for figure, runs in adcourse.results.load_stored(name)["figures"].items():
+            values = list(runs.values())
+            if "auroc" in figure.lower() and np.mean(values) >= 0.7:
+                low, _ = spread.band(values)
+                assert noise_auroc < low, f"{name}: {figure} would pass a broken method ({noise_auroc:.3f} ≥ {low:.3f})"
+                checked += 1
+    assert checked >= 30
+
+
+def test_every_committed_file_has_five_training_seeds_on_one_data_draw():
+    names = adcourse.results.stored_names("spread/*.json")
+    assert len(names) == 9  # chapters 2-10: chapter 1 trains nothing
+    for name in names:
+        stored = adcourse.results.load_stored(name)
+        assert stored["profile"] == "quick" and stored["data_seed"] == 0 and stored["development_seed"] == 0
+        assert stored["seeds"] == [0, 1, 2, 3, 4] and stored["command"].startswith("python -m adcourse.spread collect")
+        for figure, runs in stored["figures"].items():
+            assert sorted(runs, key=int) == ["0", "1", "2", "3", "4"], (name, figure)
+            assert all(math.isfinite(v) for v in runs.values()), (name, figure)
+
+
+def test_runs_the_committed_figures_do_not_describe_are_shown_not_checked(recorded, capsys, monkeypatch):
+    monkeypatch.delenv(spread.RECORD_ENV)
+    monkeypatch.setattr(Spread, "stored", lambda self: json.loads((recorded / "99_test.json").read_text()))
+    live(profile="full").check("method image AUROC", 0.1)
+    live(data_seed=3).check("method image AUROC", 0.1)
+    monkeypatch.setenv("ADCOURSE_MINIATURE", "1")
+    live().check("method image AUROC", 0.1)
+    out = capsys.readouterr().out
+    assert "the committed figures are of the quick profile, this run is full" in out
+    assert "this run draws its data with seed 3" in out
+    assert "a miniature run" in out
+
+
+def test_recording_adds_each_seed_and_checks_the_last_run_against_the_whole_file(recorded, capsys):
+    live(seed=7).check("new figure", 0.5)
+    assert "recorded" in capsys.readouterr().out
+    stored = json.loads((recorded / "99_test.json").read_text())
+    assert stored["figures"]["new figure"] == {"7": 0.5}
+    live(seed=0).check("new figure", 0.52)   # seed 0 runs last: checked against seeds 7 and 0
+    assert "committed 0.510 ± 0.014 over training seeds 0, 7" in capsys.readouterr().out
+
+
+def test_check_all_prints_every_line_before_failing(recorded, capsys, monkeypatch):
+    monkeypatch.delenv(spread.RECORD_ENV)
+    monkeypatch.setattr(Spread, "stored", lambda self: json.loads((recorded / "99_test.json").read_text()))
+    with pytest.raises(OutsideSpread, match="1 of 2 figures"):
+        live().check_all({"method image AUROC": 0.2, "other image AUROC": 0.75})
+    out = capsys.readouterr().out
+    assert "✗" in out and "other image AUROC: your run 0.750" in out
+
+
+def test_paired_difference_says_higher_only_when_the_seeds_agree():
+    higher = spread.paired_difference(DRAWS, {s: v - 0.05 for s, v in DRAWS.items()})
+    assert higher["verdict"] == "higher" and higher["mean"] == pytest.approx(0.05)
+    noisy = {"0": 0.01, "1": -0.02, "2": 0.015, "3": -0.01, "4": 0.0}
+    same = spread.paired_difference({s: v + noisy[s] for s, v in DRAWS.items()}, DRAWS)
+    assert same["verdict"] == "within the spread"
+    # better on the development seed only: not a finding
+    only_seed_0 = spread.paired_difference({**DRAWS, "0": DRAWS["0"] + 0.2}, DRAWS)
+    assert only_seed_0["verdict"] == "within the spread"
+    with pytest.raises(ValueError, match="different seeds"):
+        spread.paired_difference(DRAWS, {"0": 0.5})
+
+
+def test_collect_refuses_seeds_without_the_development_seed(tmp_path):
+    with pytest.raises(ValueError, match="leave out seed 0"):
+        spread.collect(tmp_path / "02_x.ipynb", [1, 2, 3])
