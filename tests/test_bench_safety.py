@@ -99,11 +99,25 @@ def test_more_seeds_extend_a_file_keeping_its_rows(tmp_path, calls):
     assert entry["image_auroc"] == pytest.approx(np.mean([fake_figure("ae_l2", s) for s in range(3)]))
 
 
+def test_data_seed_draws_the_data_once_for_every_training_seed(tmp_path, calls):
+    paired = bench.run(["ae_l2"], "textures:brick", "quick", seed=[0, 1, 2], progress=False)
+    one_draw = bench.run(["ae_l2"], "textures:brick", "quick", seed=[0, 1, 2], data_seed=5, out=tmp_path / "r.json",
+                         progress=False)
+    first_pixel = lambda report: {row["first_train_pixel"] for row in report["results"]["ae_l2"]["seeds"].values()}
+    assert len(first_pixel(paired)) == 3 and paired["data_seed"] is None  # each seed its own data
+    assert len(first_pixel(one_draw)) == 1 and one_draw["data_seed"] == 5
+    assert first_pixel(one_draw) != first_pixel(paired)
+    assert json.loads((tmp_path / "r.json").read_text())["data_seed"] == 5
+    with pytest.raises(ValueError, match="data seed 5"):  # a file of one draw is not extended by another run
+        bench.run(["ae_ssim"], "textures:brick", "quick", seed=[0, 1, 2], out=tmp_path / "r.json", progress=False)
+
+
 @pytest.mark.parametrize("change, held", [
     (dict(data="textures:grass"), "--data textures:brick"),
     (dict(profile="full"), "--profile quick"),
     (dict(seed=0), "seeds 0,1"),  # would lose seed 1
     (dict(seed=[0, 2]), "seeds 0,1"),
+    (dict(data_seed=0), "seeds 0,1"),  # one data draw for every seed: another experiment
 ])
 def test_out_of_another_run_is_refused_and_kept(tmp_path, calls, change, held):
     out = tmp_path / "r.json"
