@@ -146,3 +146,37 @@ def test_paired_difference_says_higher_only_when_the_seeds_agree():
 def test_collect_refuses_seeds_without_the_development_seed(tmp_path):
     with pytest.raises(ValueError, match="leave out seed 0"):
         spread.collect(tmp_path / "02_x.ipynb", [1, 2, 3])
+
+
+REPRODUCIBILITY = {  # file in book/results/reproducibility/: the row of the page's table that shows it
+    "brick_seed0_avx512_1thread.json": "AVX-512 (this machine's own), 1 thread",
+    "brick_seed0_avx2_2threads.json": "`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`, 2 threads",
+    "brick_seed0_default_1thread.json": "`ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2`, 1 thread",
+}
+
+
+def _table_row(page: str, label: str) -> str:
+    rows = [line for line in page.splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, f"book/reproducibility.md: no single table row for {label!r}"
+    return rows[0]
+
+
+def test_the_reproducibility_page_quotes_the_committed_runs():
+    """Every figure of the page's two tables is the one in the committed bench files it names."""
+    page = (Path(__file__).resolve().parents[1] / "book" / "reproducibility.md").read_text(encoding="utf-8")
+    load = lambda name: adcourse.results.load_stored(f"reproducibility/{name}")["results"]  # noqa: E731
+    training = load("brick_training_seeds.json")
+    seed_0 = {method: row["seeds"]["0"] for method, row in training.items()}
+    rows = {"AVX-512 (this machine's own), 2 threads": seed_0,
+            **{label: {m: r["seeds"]["0"] for m, r in load(name).items()} for name, label in REPRODUCIBILITY.items()}}
+    for label, results in rows.items():
+        row = _table_row(page, label)
+        for method in ("ae_l2", "ae_ssim"):
+            for key in ("image_auroc", "aupro"):
+                assert f"{results[method][key]:.3f}" in row, (label, method, key)
+    both = load("brick_data_and_training_seeds.json")
+    for method in ("ae_l2", "ae_ssim"):
+        row = _table_row(page, f"`{method}`")
+        for runs in (training, both):
+            for key in ("image_auroc", "aupro"):
+                assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
