@@ -180,3 +180,21 @@ def test_the_reproducibility_page_quotes_the_committed_runs():
         for runs in (training, both):
             for key in ("image_auroc", "aupro"):
                 assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
+
+
+def test_no_cell_that_nbval_compares_prints_a_live_trained_figure():
+    """Cells marked for nbval print what is the same on every machine; the cells that check a trained
+    figure against its spread print the live figure, so they are never marked."""
+    import nbformat
+
+    chapters = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9]*.ipynb"))
+    with_spread = 0
+    for path in chapters:
+        cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        for cell in cells:
+            if "# NBVAL_CHECK_OUTPUT" in cell.source:
+                assert not re.search(r"committed\.check", cell.source), f"{path.name}: a checked cell prints a live figure"
+        if any("Spread(" in cell.source for cell in cells):
+            with_spread += 1
+            assert f'Spread("{path.stem}"' in "".join(c.source for c in cells), path.name
+    assert with_spread == len(chapters) - 1  # chapter 1 trains nothing
