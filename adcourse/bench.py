@@ -8,7 +8,8 @@
 ``test/<defect>``, optional masks in ``ground_truth/<defect>/<stem>_mask.png``; see
 :class:`adcourse.data.MVTecLayoutFolder`). ``--seeds 0,1,2`` runs every method once per seed, the
 data drawn with that seed too (``--seed 3`` is the same as ``--seeds 3``; the default is seed 0).
-``--data-seed 0`` draws the data once, with seed 0, for every training seed: the spread over the
+``--set ae_ssim.epochs=30`` changes one setting of one method's profile (repeatable; recorded in
+the file, so runs with other settings are never mixed). ``--data-seed 0`` draws the data once, with seed 0, for every training seed: the spread over the
 seeds is then the training's alone (initial weights, batch order, noise), where without it the
 spread is that of the data draw and the training together.
 
@@ -514,7 +515,8 @@ def _describe_settings(settings: dict) -> str:
     seeds = settings.get("seeds")
     seeds = ",".join(str(s) for s in seeds) if isinstance(seeds, list) else repr(seeds)
     drawn = "" if settings.get("data_seed") is None else f", data seed {settings['data_seed']}"
-    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}{drawn}"
+    changed = "" if not settings.get("overrides") else f", settings changed {settings['overrides']}"
+    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}{drawn}{changed}"
 
 
 def previous_results(out: Path, settings: dict) -> dict:
@@ -585,7 +587,7 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     overrides = check_overrides(overrides, methods)
     check_device(device)
     out = check_out(out)
-    settings = {"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed}
+    settings = {"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed, "overrides": overrides or None}
     results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
               "torch": torch.__version__, "results": results,
@@ -626,6 +628,22 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     return report
 
 
+def parse_setting(text: str) -> tuple[str, str, object]:
+    """``--set ae_ssim.epochs=30`` as ``("ae_ssim", "epochs", 30)`` (argparse type); the value is read
+    as a Python literal (numbers, tuples, True/False/None), or kept as text."""
+    import ast
+
+    target, equals, value = text.partition("=")
+    method, dot, name = target.partition(".")
+    if not (equals and dot and method.strip() and name.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: write METHOD.SETTING=VALUE, such as ae_ssim.epochs=30")
+    try:
+        value = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        value = value.strip()
+    return method.strip(), name.strip(), value
+
+
 def parse_seeds(text: str) -> list[int]:
     """``--seeds 0,1,2`` as a list of ints (argparse type)."""
     try:
@@ -647,6 +665,10 @@ def main(argv=None) -> int:
                        help="several seeds, comma-separated, e.g. 0,1,2: mean ± standard deviation over them")
     parser.add_argument("--data-seed", type=int, default=None,
                         help="draw the data once with this seed for every --seeds (default: each seed draws its own)")
+    parser.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
+                        metavar="METHOD.SETTING=VALUE",
+                        help="change one setting of one method's profile, e.g. ae_ssim.epochs=30 (repeatable; "
+                             "recorded in the results file)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it); "
                                                    "a second run with the same --out adds to it")
@@ -655,8 +677,11 @@ def main(argv=None) -> int:
     seed = args.seeds if args.seeds is not None else (0 if args.seed is None else args.seed)
     try:
         command = " ".join(["python -m adcourse.bench", *(argv if argv is not None else sys.argv[1:])])
+        overrides = {}
+        for method, name, value in args.settings:
+            overrides.setdefault(method, {})[name] = value
         report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command,
-                     data_seed=args.data_seed)
+                     overrides=overrides or None, data_seed=args.data_seed)
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:

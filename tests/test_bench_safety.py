@@ -246,3 +246,15 @@ def test_a_test_set_of_one_class_is_refused_before_training(tmp_path, calls):
         bench.run(["ae_l2"], f"folder:{root}", "quick", progress=False)
     assert calls == []
 
+
+
+def test_set_changes_one_setting_and_is_recorded(tmp_path, calls, capsys):
+    out = tmp_path / "r.json"
+    assert bench.main(["--methods", "ae_ssim", "--data", "textures:brick", "--profile", "quick", "--seeds", "0,1",
+                       "--set", "ae_ssim.epochs=3", "--set", "ae_ssim.lr=0.01", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["overrides"] == {"ae_ssim": {"epochs": 3, "lr": 0.01}}
+    with pytest.raises(ValueError, match="settings changed"):  # the same file with the default settings: refused
+        bench.run(["ae_ssim"], "textures:brick", "quick", seed=[0, 1], out=out, progress=False)
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "ae_ssim", "--data", "textures:brick", "--set", "epochs=3"])
+    assert "METHOD.SETTING=VALUE" in capsys.readouterr().err
