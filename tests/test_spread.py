@@ -60,38 +60,50 @@ def test_a_run_far_outside_raises_naming_the_band_and_the_fix(recorded, monkeypa
         live().check("typo", 0.8)
 
 
-METRIC = re.compile(r"\s*:?\s*(image AUROC|pixel AUROC|image_auroc|pixel_auroc)$")
+KINDS = {"image": re.compile(r"\s*:?\s*(image AUROC|image_auroc)$"), "pixel": re.compile(r"\s*:?\s*(pixel AUROC|pixel_auroc)$"),
+         "aupro": re.compile(r"\s*:?\s*(AUPRO|aupro)$")}
+WORKING = {"image": 0.7, "pixel": 0.7, "aupro": 0.3}  # a method above these works; below, noise is close
+# the methods whose every AUROC and AUPRO is so unstable in the quick profile that one run of scores
+# replaced by noise lands inside all their bands; book/reproducibility.md names them
+TOO_UNSTABLE = {("05b_fanogan_fcbigan", "linear, filter 8"), ("06_vae_gan_attention", "CAVGA: residual (x − x̂)²"),
+                ("09_vit_gmm", "Gaussians / K = 1"), ("10_comparison", "patchcore grass, coreset 0.001")}
 
 
 def test_a_broken_method_fails_the_check():
-    """Scores replaced by noise give image and pixel AUROCs near chance. For every method whose
-    committed AUROC is at least 0.7, at least one of its AUROC checks refuses such a run; the
-    figures whose band alone reaches down to chance are listed in book/reproducibility.md."""
-    labels = np.r_[np.zeros(64), np.ones(64)]  # the size of the quick texture test sets
-    noise_auroc = metrics.image_auroc(labels, np.random.default_rng(0).random(128))
-    assert abs(noise_auroc - 0.5) < 0.1
-    methods, wide = {}, []
+    """Scores and maps replaced by noise, on the quick brick test set: image AUROC, pixel AUROC and AUPRO
+    near chance (the most favourable of five noise draws). Every committed method that works fails at
+    least one of its checks on them, but the few named in TOO_UNSTABLE."""
+    from adcourse.data import TextureDefects
+
+    test = TextureDefects("brick", "test", n=128, seed=0)
+    masks, labels = test.masks[:, 0].numpy(), test.labels
+    draws = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        maps = rng.random(masks.shape).astype(np.float32)
+        draws.append({"image": metrics.image_auroc(labels, rng.random(len(labels))),
+                      "pixel": metrics.pixel_auroc(masks, maps), "aupro": metrics.aupro(masks, maps)})
+    noise = {kind: max(draw[kind] for draw in draws) for kind in KINDS}
+    assert noise["image"] < 0.6 and noise["pixel"] < 0.6 and noise["aupro"] < 0.2
+    refused = {}
     for name in adcourse.results.stored_names("spread/*.json"):
         for figure, runs in adcourse.results.load_stored(name)["figures"].items():
             values = list(runs.values())
-            if METRIC.search(figure) and np.mean(values) >= 0.7:
-                refused = noise_auroc < spread.band(values)[0]
-                methods.setdefault((name, METRIC.sub("", figure)), []).append(refused)
-                if not refused:
-                    wide.append(f"{name}: {figure}")
-    assert len(methods) >= 25
-    # A method none of whose AUROC checks refuses chance is one a single run cannot tell from a broken
-    # one; there must be few, and the reproducibility page must name every figure whose band reaches chance.
-    passed_by_noise = [method for method, refused in methods.items() if not any(refused)]
-    assert len(passed_by_noise) <= 2, f"a broken method would pass every check of {passed_by_noise}"
+            for kind, pattern in KINDS.items():
+                if pattern.search(figure) and np.mean(values) >= WORKING[kind]:
+                    method = (Path(name).stem, pattern.sub("", figure))
+                    refused.setdefault(method, []).append(noise[kind] < spread.band(values)[0])
+    assert len(refused) >= 50
+    passed_by_noise = {method for method, checks in refused.items() if not any(checks)}
+    assert passed_by_noise == TOO_UNSTABLE
     page = (Path(__file__).resolve().parents[1] / "book" / "reproducibility.md").read_text(encoding="utf-8")
-    for entry in wide:
-        assert entry.split(": ", 1)[1] in page, f"{entry}: its band reaches chance; book/reproducibility.md must say so"
+    for chapter, method in TOO_UNSTABLE:
+        assert f"`{method}`" in page, f"book/reproducibility.md must name {method} ({chapter})"
 
 
 def test_every_committed_file_has_five_training_seeds_on_one_data_draw():
     names = adcourse.results.stored_names("spread/*.json")
-    assert len(names) == 9  # chapters 2-10: chapter 1 trains nothing
+    assert len(names) == 10  # chapters 2-10 (5a and 5b): chapter 1 trains nothing
     for name in names:
         stored = adcourse.results.load_stored(name)
         assert stored["profile"] == "quick" and stored["data_seed"] == 0 and stored["development_seed"] == 0
