@@ -49,6 +49,15 @@ CLAIMS = [
     ("04_implicit_siren", "sliding centre aupro", "centre only aupro", HIGHER, "of the centre alone fall far below those of the sliding centre, on every seed and beyond the spread"),
     ("04_implicit_siren", "trained discriminator image_auroc", "sliding centre image_auroc", LOWER, "The discriminator's score is below the residual score on every seed, beyond the spread"),
     ("04_implicit_siren", "trained discriminator image_auroc", "sliding centre image_auroc", LOWER, "It is below the residual score on every seed, beyond the spread"),
+    # chapter 10: the live benchmark and the coreset sizes
+    ("10_comparison", "textures:brick padim image_auroc", "textures:brick vtadl image_auroc", HIGHER, "PaDiM is higher than VT-ADL beyond the spread of the seeds, in image AUROC"),
+    ("10_comparison", "textures:brick padim aupro", "textures:brick vtadl aupro", HIGHER, "image AUROC (1.000 ± 0.000 against 0.898 ± 0.010) and in AUPRO (0.846 ± 0.000 against 0.657 ± 0.029)"),
+    ("10_comparison", "textures:brick vtadl image_auroc", "textures:brick ae_l2 image_auroc", SAME, "VT-ADL and the 60-epoch autoencoder do not differ beyond the spread of the seeds in image AUROC"),
+    ("10_comparison", "patchcore grass, coreset 0.001: image_auroc", "patchcore grass, coreset 0.0005: image_auroc", SAME, "Over training seeds 0–4 the two banks differ by +0.009 ± 0.042, within the spread of the seeds"),
+    ("10_comparison", "patchcore grass, coreset 0.0025: image_auroc", "patchcore grass, coreset 0.0005: image_auroc", HIGHER, "The 655-patch bank beats the 131-patch one beyond the spread of the seeds"),
+    ("10_comparison", "patchcore grass, coreset 0.01: image_auroc", "patchcore grass, coreset 0.0025: image_auroc", HIGHER, "and the 2,621-patch bank beats the 655-patch one beyond it too"),
+    ("10_comparison", "patchcore grass, coreset 0.01: image_auroc", "patchcore grass, coreset 0.005: image_auroc", SAME, "The last doubling, from 1,311 patches (0.808 ± 0.032), is within the spread of the seeds"),
+    ("10_comparison", "textures:brick ae_l2 image_auroc", "textures:brick padim image_auroc", LOWER, "the 60-epoch autoencoder's 0.878 against PaDiM's 1.000 on brick in section 4 (0.897 ± 0.030 against 1.000 ± 0.000"),
     # chapter 5a: the GAN against WGAN-GP, and the section's other comparisons
     ("05a_gans_wgan", "WGAN-GP score", "GAN, non-saturating score", HIGHER, "Its score beats the non-saturating GAN's by +0.390 ± 0.252, and clipping's by +1.976 ± 0.190"),
     ("05a_gans_wgan", "WGAN-GP confidence", "GAN, non-saturating confidence", SAME, "Its confidence differs from the plain GAN's by +0.041 ± 0.040, within the spread of the seeds"),
@@ -313,3 +322,25 @@ def test_every_comparison_a_chapter_prints_is_held_here():
             if cell.cell_type == "code" and "committed.compare" in cell.source:
                 printed |= {(path.stem, a, b) for a, b in re.findall(r'\("([^"]+)", "([^"]+)"\)', cell.source)}
     assert printed and printed <= held, f"compared in a chapter but not held in CLAIMS: {sorted(printed - held)}"
+
+
+# Chapter 10 also ranks the methods of the committed quick benchmark (book/results/quick/), three seeds
+# that each draw their own data and train: the same paired test, with Student's t for two degrees of
+# freedom. Each row is a ranking the chapter's prose states (sections 5-6 and the summary).
+BENCH_CLAIMS = [
+    ("textures_brick", "image_auroc", "patchcore", "padim", SAME),
+    ("textures_grass", "image_auroc", "patchcore", "padim", SAME),
+    ("textures_gravel", "image_auroc", "patchcore", "padim", SAME),
+    ("textures_grass", "image_auroc", "patchcore", "fanogan", HIGHER),
+    ("textures_gravel", "image_auroc", "patchcore", "pyramidal_ae", HIGHER),
+    ("textures_brick", "aupro", "padim", "patchcore", HIGHER),
+    ("textures_brick", "image_auroc", "padim", "ae_l2", HIGHER),
+]
+
+
+@pytest.mark.parametrize("data, figure, first, second, verdict", BENCH_CLAIMS,
+                         ids=[f"{d} {f}: {a} vs {b}" for d, f, a, b, _ in BENCH_CLAIMS])
+def test_chapter_10_rankings_hold_over_the_committed_benchmark_seeds(data, figure, first, second, verdict):
+    results = adcourse.results.load_stored(f"quick/bench_quick_{data}.json")["results"]
+    per_seed = lambda method: {s: row[figure] for s, row in results[method]["seeds"].items()}  # noqa: E731
+    assert spread.paired_difference(per_seed(first), per_seed(second))["verdict"] == verdict
