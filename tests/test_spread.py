@@ -194,6 +194,12 @@ def test_the_reproducibility_page_quotes_the_committed_runs():
         for runs in (training, both):
             for key in ("image_auroc", "aupro"):
                 assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
+    thirty = load("brick_training_seeds_30_epochs.json")
+    for method in ("ae_l2", "ae_ssim"):
+        row = _table_row(page, f"`{method}`, 30 against 60 epochs")
+        for runs in (thirty, training):
+            for key in ("image_auroc", "aupro"):
+                assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
 
 
 def test_no_cell_that_nbval_compares_prints_a_live_trained_figure():
