@@ -681,7 +681,7 @@ def main(argv=None) -> int:
         for method, name, value in args.settings:
             overrides.setdefault(method, {})[name] = value
         report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command,
-                     overrides=overrides or None, data_seed=args.data_seed)
+                     data_seed=args.data_seed, **({"overrides": overrides} if overrides else {}))
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:
