@@ -41,7 +41,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -264,6 +263,7 @@ def collect(notebook: str | os.PathLike, seeds: list[int], *, threads: int = 2, 
     :data:`DEVELOPMENT_SEED` in place, checked against the finished file. The file replaces
     ``book/results/spread/<chapter>.json`` only when every run finished."""
     from .notebooks import execute
+    from .train import write_text_atomic
 
     notebook = Path(notebook)
     chapter = notebook.stem
@@ -289,29 +289,18 @@ def collect(notebook: str | os.PathLike, seeds: list[int], *, threads: int = 2, 
             else:
                 os.environ[RECORD_ENV] = previous
         target.mkdir(parents=True, exist_ok=True)
-        final = target / f"{chapter}.json"
-        shutil.copyfile(Path(staging) / f"{chapter}.json", final.with_suffix(".json.tmp"))
-        os.replace(final.with_suffix(".json.tmp"), final)
-    return final
-
-
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers, comma-separated, such as 0,1,2,3,4") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers of at least 0")
-    return seeds
+        return write_text_atomic(target / f"{chapter}.json", (Path(staging) / f"{chapter}.json").read_text())
 
 
 def main(argv=None) -> int:
+    from .bench import parse_seeds
+
     parser = argparse.ArgumentParser(prog="python -m adcourse.spread",
                                      description="measure a chapter's checked figures over training seeds")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("collect", help="run each notebook once per seed and commit its figures")
     run.add_argument("notebooks", nargs="+")
-    run.add_argument("--seeds", type=_parse_seeds, default=[0, 1, 2, 3, 4], help="training seeds (default 0,1,2,3,4)")
+    run.add_argument("--seeds", type=parse_seeds, default=[0, 1, 2, 3, 4], help="training seeds (default 0,1,2,3,4)")
     run.add_argument("--threads", type=int, default=2, help="the kernel's OMP_NUM_THREADS (default 2)")
     args = parser.parse_args(argv)
     for name in args.notebooks:

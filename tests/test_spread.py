@@ -188,18 +188,13 @@ def test_the_reproducibility_page_quotes_the_committed_runs():
         for method in ("ae_l2", "ae_ssim"):
             for key in ("image_auroc", "aupro"):
                 assert f"{results[method][key]:.3f}" in row, (label, method, key)
-    both = load("brick_data_and_training_seeds.json")
-    for method in ("ae_l2", "ae_ssim"):
-        row = _table_row(page, f"`{method}`")
-        for runs in (training, both):
-            for key in ("image_auroc", "aupro"):
-                assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
-    thirty = load("brick_training_seeds_30_epochs.json")
-    for method in ("ae_l2", "ae_ssim"):
-        row = _table_row(page, f"`{method}`, 30 against 60 epochs")
-        for runs in (thirty, training):
-            for key in ("image_auroc", "aupro"):
-                assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (method, key)
+    both, thirty = load("brick_data_and_training_seeds.json"), load("brick_training_seeds_30_epochs.json")
+    for label, pair in (("`{}`", (training, both)), ("`{}`, 30 against 60 epochs", (thirty, training))):
+        for method in ("ae_l2", "ae_ssim"):
+            row = _table_row(page, label.format(method))
+            for runs in pair:
+                for key in ("image_auroc", "aupro"):
+                    assert f"{runs[method][key]:.3f} ± {runs[method]['std'][key]:.3f}" in row, (label, method, key)
 
 
 def test_no_cell_that_nbval_compares_prints_a_live_trained_figure():
