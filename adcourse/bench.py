@@ -68,6 +68,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import detectors, metrics
@@ -547,18 +548,89 @@ def previous_results(out: Path, settings: dict) -> dict:
     return previous["results"]
 
 
-def _save(report: dict, out: Path | None) -> None:
-    """Stamp the report (date, the wall time of every row) and write it to ``out`` with its table."""
-    report["wall_seconds"] = sum(row.get("wall_seconds", 0) for entry in report["results"].values()
-                                 for row in entry.get("seeds", {}).values())
-    report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    if out is None:
+# The first line of every Markdown table the benchmark writes: a .md without it is someone else's file.
+TABLE_MARKER = "<!-- written by adcourse.bench beside {json}: rewritten on every run, edit the JSON's run instead -->"
+
+
+def _lock(out: Path) -> FileLock:
+    """The lock every writer of ``out`` takes (a hidden file beside it), so that runs sharing one
+    results file queue for it instead of overwriting each other's rows."""
+    return FileLock(str(out.with_name(f".{out.name}.lock")))
+
+
+def check_table(out: Path) -> None:
+    """Refuse to overwrite a Markdown file beside ``out`` that the benchmark did not write."""
+    table = out.with_suffix(".md")
+    if not table.exists():
         return
     try:
-        write_text_atomic(out, json.dumps(report, indent=2) + "\n")
-        write_text_atomic(out.with_suffix(".md"), markdown_table(report))
-    except OSError as error:
-        raise ValueError(f"cannot write --out {out}: {error}") from error
+        first = table.read_text(encoding="utf-8").lstrip().split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--out {out}: the table {table} beside it cannot be read ({error}); it was left as it "
+                         "is: choose another --out, or move that file away.") from error
+    # written by the benchmark: its marker, or the bare table of versions before the marker
+    if not (first.startswith("<!-- written by adcourse.bench") or first.startswith("| method |")):
+        raise ValueError(f"--out {out} would overwrite {table}, which the benchmark did not write (it begins "
+                         f"{first[:60]!r}). It was left as it is: choose another --out, or move that file away.")
+
+
+def merge_results(ours: dict, theirs: dict, seeds: list[int]) -> dict:
+    """Every finished (method, seed) row of two result tables of the same run settings: rows of one
+    seed found in both are the same run, ours is kept; a method's summary is made again once all
+    its seeds are in."""
+    merged = {}
+    for name in [*theirs, *(name for name in ours if name not in theirs)]:
+        mine, other = ours.get(name, {}), theirs.get(name, {})
+        if "skipped" in mine or "skipped" in other:
+            merged[name] = mine if "skipped" in mine else other
+            continue
+        rows = {**other.get("seeds", {}), **mine.get("seeds", {})}
+        rows = {str(k): rows[str(k)] for k in seeds if str(k) in rows}
+        merged[name] = summarize(rows) if len(rows) == len(seeds) else {"seeds": rows}
+    return merged
+
+
+def _settings_of(report: dict) -> dict:
+    return {key: report[key] for key in ("data", "profile", "seeds", "data_seed", "overrides")}
+
+
+def _refresh(report: dict, out: Path | None) -> None:
+    """Take in the rows that other runs on ``out`` have finished since this one read it."""
+    if out is None:
+        return
+    with _lock(out):
+        report["results"] = merge_results(report["results"], previous_results(out, _settings_of(report)),
+                                          report["seeds"])
+
+
+def _save(report: dict, out: Path | None) -> None:
+    """Stamp the report (date, the wall time of every row) and write it to ``out`` with its table.
+    Under ``out``'s lock, the rows another run wrote there meanwhile are merged in first: whatever
+    the interleaving of runs on one file, no finished row is lost."""
+    if out is not None:
+        lock = _lock(out)
+        try:
+            lock.acquire()
+        except OSError as error:
+            raise ValueError(f"cannot write --out {out}: {error}") from error
+    try:
+        if out is not None:
+            report["results"] = merge_results(report["results"], previous_results(out, _settings_of(report)),
+                                              report["seeds"])
+        report["wall_seconds"] = sum(row.get("wall_seconds", 0) for entry in report["results"].values()
+                                     for row in entry.get("seeds", {}).values())
+        report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        if out is None:
+            return
+        check_table(out)
+        try:
+            write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+            write_text_atomic(out.with_suffix(".md"), TABLE_MARKER.format(json=out.name) + "\n\n" + markdown_table(report))
+        except OSError as error:
+            raise ValueError(f"cannot write --out {out}: {error}") from error
+    finally:
+        if out is not None:
+            lock.release()
 
 
 def _check_both_classes(data: str, labels: np.ndarray) -> None:
@@ -588,6 +660,8 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     check_device(device)
     out = check_out(out)
     settings = {"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed, "overrides": overrides or None}
+    if out:
+        check_table(out)
     results = previous_results(out, settings) if out else {}
     report = {**settings, "device": describe_device(pick_device(device)), "command": command,
               "torch": torch.__version__, "results": results,
@@ -609,6 +683,10 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     todo = [(name, s) for name in methods if "skipped" not in results.get(name, {})
             for s in seeds if str(s) not in results.get(name, {}).get("seeds", {})]
     for name, s in tqdm(todo, desc="methods × seeds", **({} if progress else {"disable": True})):
+        _refresh(report, out)  # another run on the same --out may have done it meanwhile
+        results = report["results"]
+        if "skipped" in results.get(name, {}) or str(s) in results.get(name, {}).get("seeds", {}):
+            continue
         start = time.perf_counter()
         train, test_batch, defects = data_for(s)
         if detectors.create(name).supervised:

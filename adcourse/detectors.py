@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import math
 import os
 import typing
 from pathlib import Path
@@ -30,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from scipy import ndimage
+
+from .train import refusal_reason
 
 # name -> (class, the settings that make this variant)
 _REGISTRY: dict[str, tuple[type["Detector"], dict[str, Any]]] = {}
@@ -51,8 +55,11 @@ def register(name: str, **variant):
         class AutoencoderDetector(Detector): ...
     """
     def decorator(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"a detector named {name!r} is already registered")
+        if name in _REGISTRY and not _same_definition(_REGISTRY[name][0], cls):
+            taken = _REGISTRY[name][0]
+            raise ValueError(f"a detector named {name!r} is already registered, by {taken.__module__}.{taken.__qualname__}; "
+                             f"register {cls.__name__} under another name, or first remove the old one with "
+                             f"adcourse.detectors.unregister({name!r})")
         if not (isinstance(cls, type) and issubclass(cls, Detector) and dataclasses.is_dataclass(cls.Settings)):
             raise TypeError(f"register({name!r}) decorates a Detector subclass whose Settings is a dataclass, "
                             f"got {getattr(cls, '__name__', cls)!r}")
@@ -60,6 +67,18 @@ def register(name: str, **variant):
         _REGISTRY[name] = (cls, dict(variant))
         return cls
     return decorator
+
+
+def _same_definition(registered: type, cls: type) -> bool:
+    """Whether ``cls`` is ``registered`` or its definition run again (a notebook cell re-run): same
+    module, same qualified name. Registering it again replaces the old class."""
+    return registered is cls or (registered.__module__, registered.__qualname__) == (cls.__module__, cls.__qualname__)
+
+
+def unregister(name: str) -> None:
+    """Remove the detector registered as ``name`` (to register another class under that name)."""
+    _lookup(name)
+    del _REGISTRY[name]
 
 
 def available() -> list[str]:
@@ -84,7 +103,36 @@ def create(name: str, device=None, **overrides) -> "Detector":
         others = [n for n, (c, v) in _REGISTRY.items() if c is cls and v.get(key) == fixed[key]]
         hint = f"; use {others[0]!r} instead" if others else ""
         raise ValueError(f"{name} is the variant with {key}={variant[key]!r}; it cannot be changed to {fixed[key]!r}{hint}")
-    return cls(device=device, method=name, **{**overrides, **variant})
+    detector = cls(device=device, method=name, **{**overrides, **variant})
+    _check_settings_matter(detector, name, overrides, variant)
+    return detector
+
+
+def _check_settings_matter(detector: "Detector", method: str, overrides: dict, variant: dict) -> None:
+    """Refuse an override that changes nothing for this variant (``Settings.unused()``), under both
+    profiles: the setting that would make it matter is named."""
+    cls = type(detector)
+    per_profile = []
+    for profile in ("quick", "full"):
+        try:
+            settings = detector.settings_for(profile)
+        except ValueError:  # a value only one profile takes (see _check_setting_values)
+            continue
+        per_profile.append((settings, settings.unused() if hasattr(settings, "unused") else {}))
+    for key, value in overrides.items():
+        if key in variant or not per_profile or not all(key in unused for _, unused in per_profile):
+            continue
+        settings, unused = per_profile[0]
+        switch, needed = unused[key]
+        have = f"{switch}={getattr(settings, switch)!r}"
+        if switch in variant:
+            others = [n for n, (c, v) in _REGISTRY.items() if c is cls and v.get(switch) != variant[switch]]
+            fix = f"{switch} is fixed by the variant {method}: choose one with {needed}" + \
+                  (f" ({', '.join(others)})" if others else "")
+        else:
+            fix = f"set {needed} too, or leave {key} out"
+        raise ValueError(f"{method} setting {key}={value!r} changes nothing: it is read only with {needed}, and this "
+                         f"detector has {have}; {fix}")
 
 
 def load(path: str | os.PathLike, device=None) -> "Detector":
@@ -95,11 +143,18 @@ def load(path: str | os.PathLike, device=None) -> "Detector":
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable adcourse detector file ({type(error).__name__}: "
-                         f"{str(error)[:200]}); save the detector again") from error
-    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT or "method" not in payload:
+        raise ValueError(f"{path} is not a readable adcourse detector file: {refusal_reason(error)}. "
+                         "Save the detector again, or load a file saved by detector.save()") from error
+    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT or "method" not in payload \
+            or not isinstance(payload.get("settings"), dict):
         raise ValueError(f"{path} is not a detector saved by adcourse (format {SAVE_FORMAT}); save the detector again")
     cls, variant = _lookup(payload["method"])
+    altered = {key: payload["settings"].get(key) for key, value in variant.items() if payload["settings"].get(key) != value}
+    if altered:
+        key = next(iter(altered))
+        raise ValueError(f"{path} says it holds a {payload['method']} detector, whose {key} is {variant[key]!r}, but its "
+                         f"settings have {key}={altered[key]!r}: the file was changed after it was saved. "
+                         "Save the detector again")
     detector = cls(device=device, method=payload["method"], **payload["settings"])
     detector.settings = detector.settings_for("quick")  # every field is an override: the profile is irrelevant
     detector.input_shape = tuple(payload["input_shape"])
@@ -118,7 +173,14 @@ def _type_ok(value, expected) -> bool:
     if origin is typing.Literal:
         return value in typing.get_args(expected)
     if origin in (tuple, list):
-        return isinstance(value, (tuple, list))
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = typing.get_args(expected)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(item, args[0]) for item in value)
+        if args and origin is tuple:
+            return len(value) == len(args) and all(_type_ok(item, arg) for item, arg in zip(value, args))
+        return True
     if expected is type(None):
         return value is None
     if expected is float:
@@ -136,12 +198,61 @@ def _check_setting_names(cls, method: str, overrides: dict) -> None:
     hints = typing.get_type_hints(cls.Settings)
     for key, value in overrides.items():
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest_settings(key, known)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise TypeError(f"unknown {method} setting {key!r}{hint} Known settings: {', '.join(sorted(known))}")
         if not _type_ok(value, hints[key]):
             raise TypeError(f"{method} setting {key}={value!r} should be of type {_type_name(hints[key])}, "
-                            f"not {type(value).__name__}")
+                            f"not {_describe_type(value)}")
+        if not all(math.isfinite(number) for number in _numbers(value)):
+            default = getattr(cls.PROFILES.get("quick"), key, None) if cls.PROFILES else None
+            example = f" such as {default!r} (the quick profile's)" if default is not None else ""
+            raise ValueError(f"{method} setting {key}={value!r} is not finite: give a finite number{example}")
+
+
+# Names people reach for, grouped by meaning: a misspelt setting is answered with the method's own
+# field of the same meaning (fcbigan's training length is ``steps``, not a look-alike such as ``depth``).
+_SYNONYMS = (
+    {"epochs", "epoch", "n_epochs", "num_epochs", "max_epochs", "steps", "n_steps", "num_steps", "step",
+     "iterations", "iters", "n_iter", "max_iter", "gan_steps", "encoder_steps"},
+    {"lr", "learning_rate", "lrate", "step_size", "lr_g", "lr_gen"},
+    {"batch_size", "batch", "batchsize", "bs", "n_batch"},
+    {"latent_dim", "z_dim", "latent", "latent_size", "nz", "code_dim", "code_size", "latent_channels"},
+    {"seed", "random_state", "random_seed", "rng"},
+    {"smoothing", "sigma", "blur", "gaussian_sigma"},
+    {"width", "channels", "base_channels", "n_filters", "filters", "hidden"},
+)
+
+
+def closest_settings(key: str, known) -> list[str]:
+    """The fields of ``known`` that ``key`` most likely meant: the same name in another case or
+    number, a field of the same meaning (``_SYNONYMS``), else one spelt alike."""
+    normal = str(key).lower().replace("-", "_").strip()
+    fields = sorted(known)
+    same = [f for f in fields if f.lower() in (normal, normal + "s", normal.removesuffix("s"))]
+    if same:
+        return same[:1]
+    for group in _SYNONYMS:
+        if normal in group:
+            meaning = [f for f in fields if f in group]
+            if meaning:
+                return meaning
+    alike = {f for f in fields if min(len(f), len(normal)) >= 3 and (normal.startswith(f) or f.startswith(normal))}
+    alike |= set(difflib.get_close_matches(normal, fields, n=3, cutoff=0.75))
+    return sorted(alike, key=lambda f: -difflib.SequenceMatcher(None, normal, f).ratio())[:1]
+
+
+def _numbers(value) -> list[float]:
+    """The floats in a setting's value (itself, or inside a tuple or list)."""
+    if isinstance(value, (tuple, list)):
+        return [number for item in value for number in _numbers(item)]
+    return [float(value)] if isinstance(value, (float, np.floating)) else []
+
+
+def _describe_type(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"{type(value).__name__} of {', '.join(type(item).__name__ for item in value) or 'nothing'}"
+    return type(value).__name__
 
 
 def _check_setting_values(detector: "Detector") -> None:
@@ -158,6 +269,8 @@ def _check_setting_values(detector: "Detector") -> None:
 
 
 def _type_name(annotation) -> str:
+    if typing.get_args(annotation):  # tuple[int, ...], int | None: the whole annotation
+        return str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -216,8 +329,10 @@ class Detector:
 
     # -- fit and predict --------------------------------------------------------------------------
     def fit(self, train_dataset, profile: str = "quick", **options) -> "Detector":
-        """Train on ``train_dataset`` (items ``{"image": C×H×W tensor, ...}``) with the settings of
-        ``profile``; ``options`` go to :meth:`fit_networks`."""
+        """Train on ``train_dataset`` (items ``{"image": C×H×W tensor in [0, 1], ...}``) with the
+        settings of ``profile``; ``options`` go to :meth:`fit_networks`. Every training image is
+        checked as it is read (:func:`check_pixels`)."""
+        self._check_fit_options(options)
         n = _length(train_dataset, "training set")
         if n < self.min_train_images:
             raise ValueError(f"{self.name} needs at least {self.min_train_images} training images, got {n}; "
@@ -228,12 +343,33 @@ class Detector:
         shape = tuple(first["image"].shape)
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ValueError(f"training images must be C×H×W with 1 or 3 channels, got shape {shape}")
+        check_pixels(first["image"], "training image 0")
         self.settings = self.settings_for(profile)
         self.input_shape = None
         self.build(shape)
-        self.fit_networks(train_dataset, **options)
+        self.fit_networks(CheckedImages(train_dataset), **options)
         self.input_shape = shape
         return self
+
+    def _check_fit_options(self, options: dict) -> None:
+        """Options of ``fit`` are those of :meth:`fit_networks`; a setting given here is a slip."""
+        known = {field.name for field in dataclasses.fields(self.Settings)}
+        misplaced = [key for key in options if key in known]
+        if misplaced:
+            given = ", ".join(f"{key}={options[key]!r}" for key in misplaced)
+            raise TypeError(f"{given}: settings go to create(), not fit(); write "
+                            f"adcourse.detectors.create({self.name!r}, {given}).fit(train_dataset)")
+        parameters = inspect.signature(self.fit_networks).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return
+        accepted = [name for name in list(parameters)[1:]]
+        unknown = [key for key in options if key not in accepted]
+        if unknown:
+            takes = f"takes only {', '.join(accepted)}" if accepted else "takes no options"
+            close = closest_settings(unknown[0], known)
+            hint = f"; for the setting {close[0]!r}, pass it to create()" if close else ""
+            raise TypeError(f"{self.name}.fit() got the option {unknown[0]!r}, but it {takes} besides the training "
+                            f"set and the profile{hint}")
 
     def predict(self, images) -> tuple[np.ndarray, np.ndarray | None]:
         """``(scores, maps)`` of an N×C×H×W batch in [0, 1]: N image scores and N×H×W anomaly maps."""
@@ -256,8 +392,7 @@ class Detector:
             raise ValueError(f"images must be a non-empty batch N×C×H×W, got shape {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images must be floats in [0, 1], got {images.dtype}; divide by 255 (uint8) first")
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or infinite values")
+        check_pixels(images, "images")
         channels, height, width = self.input_shape
         if images.shape[1] != channels:
             fix = ("images.mean(1, keepdim=True)" if channels == 1 else "images.expand(-1, 3, -1, -1)")
@@ -354,6 +489,62 @@ class Detector:
     def __repr__(self) -> str:
         state = "fitted on " + "×".join(map(str, self.input_shape)) if self.input_shape else "not fitted"
         return f"<{type(self).__name__} {self.name!r}, {state}, device {self.device}>"
+
+
+# Pixels may lie this far outside [0, 1]: float rounding, not a scale. Anything beyond is refused.
+PIXEL_TOLERANCE = 1e-4
+
+
+def check_pixels(images: torch.Tensor, what: str = "images") -> None:
+    """Refuse images that are not finite floats in [0, 1] (within :data:`PIXEL_TOLERANCE`, for
+    rounding), with the range found and the likely fix: a 0-255 or 0-65535 scale, a [−1, 1] one,
+    values pushed slightly outside by noise or resampling (clamp them), or anything else."""
+    if not images.is_floating_point():
+        raise TypeError(f"{what} must be floats in [0, 1], got {images.dtype}; divide by 255 (uint8) first")
+    finite = torch.isfinite(images)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise ValueError(f"{what}: {bad} NaN or infinite value{'s' if bad > 1 else ''} (of {images.numel()}); "
+                         "pixels must be finite numbers in [0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if low >= -PIXEL_TOLERANCE and high <= 1 + PIXEL_TOLERANCE:
+        return
+    found = f"{what}: values from {low:.6g} to {high:.6g}, but the detectors read pixels in [0, 1]"
+    if low >= -0.2 and high <= 1.2:
+        fix = "they lie slightly outside, as after added noise or bicubic resizing: clamp them with images.clamp(0, 1)"
+    elif low >= -PIXEL_TOLERANCE and 1 < high <= 255:
+        fix = "they look like 0-255 pixels: divide them by 255"
+    elif low >= -PIXEL_TOLERANCE and 255 < high <= 65535:
+        fix = "they look like 16-bit pixels: divide them by 65535"
+    elif -1 - PIXEL_TOLERANCE <= low < 0 and high <= 1 + PIXEL_TOLERANCE:
+        fix = "they look like pixels in [-1, 1]: map them with (images + 1) / 2"
+    else:
+        fix = ("rescale them, e.g. (images - images.min()) / (images.max() - images.min()); images normalised with "
+               "ImageNet's mean and std must be un-normalised first (the detectors normalise for themselves)")
+    raise ValueError(f"{found}; {fix}")
+
+
+class CheckedImages(torch.utils.data.Dataset):
+    """``dataset`` whose items' images are checked with :func:`check_pixels` as they are read, so that
+    no training image on the wrong scale goes unnoticed, at no extra pass over the data. Other
+    attributes are the dataset's own."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if isinstance(item, dict) and isinstance(item.get("image"), torch.Tensor):
+            check_pixels(item["image"], f"training image {index}")
+        return item
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def _length(dataset, what: str) -> int:

@@ -214,6 +214,45 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _compare_nested(result: Any, expected: Any, label: str, atol: float, rtol: float) -> str | None:
+    """``None`` when ``result`` matches ``expected``, else what differs, where: tuples and lists
+    element by element, dicts key by key, tensors, arrays and numbers with a tolerance, anything
+    else with ``==``."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(result, (tuple, list)):
+            return f"{label} is {_describe(result)}, expected a {type(expected).__name__} of {len(expected)} values."
+        if len(result) != len(expected):
+            return f"{label} holds {len(result)} values, expected {len(expected)}."
+        for index, (got, want) in enumerate(zip(result, expected)):
+            message = _compare_nested(got, want, f"{label}[{index}]", atol, rtol)
+            if message is not None:
+                return message
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(result, dict):
+            return f"{label} is {_describe(result)}, expected a dict with keys {sorted(map(str, expected))}."
+        if set(result) != set(expected):
+            return f"{label} has keys {sorted(map(str, result))}, expected {sorted(map(str, expected))}."
+        for key in expected:
+            message = _compare_nested(result[key], expected[key], f"{label}[{key!r}]", atol, rtol)
+            if message is not None:
+                return message
+        return None
+    numeric = hasattr(expected, "shape") or isinstance(expected, (int, float, complex)) and not isinstance(expected, bool)
+    if numeric:
+        if result is None:
+            return f"{label} is None, expected {_describe(expected)}."
+        return _compare(result, expected, "result", atol, rtol, label=label)
+    try:
+        equal = bool(result == expected)
+    except Exception:  # noqa: BLE001 - e.g. a tensor compared with a list
+        equal = False
+    if equal:
+        return None
+    said = "returned" if label == "the result" else f"{label} is"
+    return f"{said} {_describe(result)}, expected {_describe(expected)}."
+
+
 def check_function(
     fn: Callable[..., Any],
     cases: Iterable[tuple[str, Any, Any]],
@@ -224,8 +263,8 @@ def check_function(
 
     ``args`` is a tuple of positional arguments (a single non-tuple value is passed alone) or a
     dict of keyword arguments. Arguments are deep-copied, so an in-place change in ``fn`` cannot
-    corrupt later cases. Tensors, arrays and numbers are compared with a tolerance, anything else
-    with ``==``.
+    corrupt later cases. Tuples, lists and dicts are compared element by element; tensors, arrays
+    and numbers with a tolerance, anything else with ``==``.
     """
     fn_name = getattr(fn, "__name__", "the function")
     cases = list(cases)
@@ -250,25 +289,11 @@ def check_function(
             raise ExerciseError(
                 f"`{fn_name}` raised {type(error).__name__} on case '{case_name}': {error}"
             ) from error
-        numeric = (
-            hasattr(expected, "shape")
-            or isinstance(expected, (int, float, complex))
-            and not isinstance(expected, bool)
-        )
-        if numeric:
-            if result is None:
-                raise ExerciseError(
-                    f"`{fn_name}` returned None on case '{case_name}': did it forget to `return`?"
-                )
-            message = _compare(result, expected, "result", atol, rtol, label="the result")
-        else:
-            try:
-                equal = bool(result == expected)
-            except Exception:  # noqa: BLE001 - e.g. a tensor compared with a list
-                equal = False
-            message = None if equal else (
-                f"returned {_describe(result)}, expected {_describe(expected)}."
+        if result is None and expected is not None:
+            raise ExerciseError(
+                f"`{fn_name}` returned None on case '{case_name}': did it forget to `return`?"
             )
+        message = _compare_nested(result, expected, "the result", atol, rtol)
         if message is not None:
             raise ExerciseError(f"`{fn_name}` fails on case '{case_name}': {message}")
     _ok(f"{fn_name} passes all {len(cases)} case{'s' if len(cases) != 1 else ''}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -210,9 +212,27 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, map_locatio
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise RuntimeError(f"{path} is not a readable adcourse checkpoint ({error}); delete it and train again") from error
+        raise RuntimeError(f"{path} is not a readable adcourse checkpoint: {refusal_reason(error)}; "
+                           "delete it and train again") from error
     model.load_state_dict(payload.pop("state_dict"))
     return payload
+
+
+def refusal_reason(error: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line. torch's own message
+    advises retrying with ``weights_only=False``, which would run whatever program the file holds:
+    that advice is never passed on."""
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds Python objects other than tensors and plain values (it asks for {found.group(1)}), which "
+                "a weights-only load refuses to run: it is not a file of weights, and may be a program")
+    if isinstance(error, pickle.UnpicklingError):
+        return "it is not a file that torch.save wrote (damaged, cut short, or of another kind)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "weights_only" in first:
+        first = ""
+    return f"{type(error).__name__}" + (f": {first[:150]}" if first else "")
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

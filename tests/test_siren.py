@@ -347,14 +347,14 @@ def test_wrong_choices_are_refused_by_type():
 
 
 TINY = dict(epochs=1, batch_size=8, hidden_features=16, hidden_layers=1, code_dim=8, encoder_width=4,
-            disc_width=4, disc_epochs=1)
+            disc_width=4)
 
 
 def test_detector_fit_predict_on_textures():
     torch.manual_seed(0)
     train = TextureDefects("brick", "train", n=16)
     test = TextureDefects("brick", "test", n=6)
-    det = detectors.create("siren_inpaint", device="cpu", discriminator="after", **TINY).fit(train, "quick")
+    det = detectors.create("siren_inpaint", device="cpu", discriminator="after", disc_epochs=1, **TINY).fit(train, "quick")
     scores, maps = det.predict(test.images)
     assert scores.shape == (6,) and maps.shape == (6, 64, 64)
     assert np.isfinite(scores).all() and np.isfinite(maps).all()

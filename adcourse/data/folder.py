@@ -136,12 +136,42 @@ def resize_mask(pixels: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy((resized > 0).astype(np.float32))[None]
 
 
-def list_images(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files of ``folder`` with one of ``suffixes`` (any case), hidden files left out, sorted; [] if no folder."""
+# Files that operating systems drop into folders of pictures: never part of a dataset.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
+
+
+def list_images(folder: Path, suffixes: tuple[str, ...], strict: bool = True) -> list[Path]:
+    """Image files of ``folder`` with one of ``suffixes`` (any case), sorted; [] if no folder.
+
+    Hidden files and :data:`SYSTEM_FILES` are left out, and so are images of the kinds in
+    :data:`IMAGE_SUFFIXES` that ``suffixes`` leaves out on purpose. With ``strict`` anything else
+    that would silently go missing from the dataset is an error naming it: a link whose target is
+    gone, a file that cannot be read, a file or folder that is not an image."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+    images = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name.lower() in SYSTEM_FILES:
+            continue
+        if path.suffix.lower() in suffixes and path.is_file() and os.access(path, os.R_OK):
+            images.append(path)
+            continue
+        if not strict:
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DatasetError(f"{path} is a link to {os.readlink(path)}, which does not exist: the image would be "
+                               "left out of the dataset. Restore the file it points to, or remove the link.")
+        if path.suffix.lower() in suffixes and path.is_file():
+            raise DatasetError(f"Cannot read image {path}: permission denied. Make it readable (chmod +r), or move "
+                               "it out of the dataset.")
+        if path.is_dir():
+            raise DatasetError(f"{path} is a folder inside {folder}, which should hold only images: its contents would "
+                               "be left out of the dataset. Move them up into it, or move the folder away.")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            continue  # an image kind that `suffixes` leaves out on purpose
+        raise DatasetError(f"{path} is not an image the course reads ({', '.join(suffixes)}): it would be left out "
+                           f"of the dataset. Convert it to PNG, or move it out of {folder}.")
+    return images
 
 
 def _subfolders(folder: Path) -> set[str]:
@@ -262,7 +292,7 @@ class MVTecLayoutFolder(AnomalyImages):
         folder = root / "train" / normal
         images = list_images(folder, suffixes)
         if not images:
-            loose = list_images(root / "train", suffixes)
+            loose = list_images(root / "train", suffixes, strict=False)
             hint = f" {len(loose)} images lie directly in {root / 'train'}: move them into {folder}." if loose else ""
             raise DatasetError(f"No training images in {folder} (missing or empty; {', '.join(suffixes)}).{hint} "
                                f"{self.LAYOUT_FIX}")
@@ -282,7 +312,7 @@ class MVTecLayoutFolder(AnomalyImages):
             else:
                 samples += [Sample(path, 1, None, defect) for path in list_images(test / defect, suffixes)]
         if not samples:
-            loose = list_images(test, suffixes)
+            loose = list_images(test, suffixes, strict=False)
             hint = (f" {len(loose)} images lie directly in {test}: move normal ones into {test / normal} and "
                     "defective ones into a folder per defect type.") if loose else ""
             raise DatasetError(f"No test images in {test / normal} or any test/<defect> folder "

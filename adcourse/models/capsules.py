@@ -224,6 +224,13 @@ class CapsNetSettings:
     smoothing: float = 1.0          # Gaussian σ of the anomaly maps, in pixels
     seed: int = 0
 
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        if self.calibration_fraction == 0:
+            return {"calibration_quantile": ("calibration_fraction", "calibration_fraction > 0")}
+        return {}
+
     def __post_init__(self):
         checks.at_least(self, 1, "epochs", "batch_size", "conv_channels", "primary_types", "routing_iterations")
         checks.at_least(self, 0, "min_steps")

@@ -322,6 +322,16 @@ class CorruptionAESettings:
     image_score: Literal["max", "mean"] = "max"
     seed: int = 0
 
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        unused = {}
+        if self.scoring != "mcd":
+            unused["mc_samples"] = ("scoring", "scoring='mcd'")
+        if self.corruption == "none":
+            unused["corruption_pool"] = ("corruption", "corruption other than 'none'")
+        return unused
+
     def __post_init__(self):
         checks.one_of(self, "arch", sorted(ARCHITECTURES))
         if isinstance(self.corruption, str):

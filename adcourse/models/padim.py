@@ -64,12 +64,17 @@ class PaDiMSettings:
     """Settings of :class:`PaDiMDetector`."""
     backbone: str = "shipped"        # see adcourse.backbones.choose_network
     download: bool = False           # may the "source" backbone download torchvision's weights?
-    strides: tuple = (4, 8, 16)      # the stages whose maps are stacked (ResNet-18 layer1..layer3)
+    strides: tuple[int, ...] = (4, 8, 16)    # the stages whose maps are stacked (ResNet-18 layer1..layer3)
     input_scale: int = 2
     d: int = 100                     # channels kept at random
     epsilon: float = 0.01
     smoothing: float = 4.0
     seed: int = 0
+
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
 
     def __post_init__(self):
         if self.backbone not in BACKBONE_CHOICES:

@@ -130,13 +130,18 @@ class PatchCoreSettings:
     """Settings of :class:`PatchCoreDetector`."""
     backbone: str = "shipped"         # see adcourse.backbones.choose_network; the source: Wide-ResNet-50-2
     download: bool = False            # may the "source" backbone download torchvision's weights?
-    strides: tuple = (4, 8)           # two mid-level stages (the source: layer2 and layer3, strides 8, 16)
+    strides: tuple[int, ...] = (4, 8)       # two mid-level stages (the source: layer2 and layer3, strides 8, 16)
     input_scale: int = 2              # small patches up-sampled: more positions, finer maps
     neighbourhood: int = 3
     coreset_fraction: float = 0.01    # share of the training patches kept in the memory bank (source: 0.1, 0.01)
     projection_dim: int = 32          # random projection used while choosing the coreset (source: 128)
     smoothing: float = 4.0            # Gaussian σ of the anomaly maps (the source's σ = 4)
     seed: int = 0
+
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
 
     def __post_init__(self):
         if self.backbone not in BACKBONE_CHOICES:

@@ -405,12 +405,17 @@ class PyramidalAESettings:
     backbone: str = "shipped"          # see adcourse.backbones.choose_network
     download: bool = False
     feature_stride: int | None = None  # None: backbone_plan(image size)
-    bins: tuple = (1, 2, 3, 6)
+    bins: tuple[int, ...] = (1, 2, 3, 6)
     pool_channels: int = 64
     code_dim: int = 8
     up_channels: int = 16
     skip: bool = True
     decoder_width: int = 64
+
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
 
     def __post_init__(self):
         _check_common(self)
@@ -430,7 +435,7 @@ class PIADESettings:
     download: bool = False
     feature_stride: int | None = None
     se: bool = True
-    bins: tuple = (8, 4, 2, 1)
+    bins: tuple[int, ...] = (8, 4, 2, 1)
     pool_channels: int = 16
     in_dim: int = 8
     n_vectors: int = 2
@@ -439,6 +444,11 @@ class PIADESettings:
     up_channels: int = 32
     skip: bool = True
     decoder_width: int = 64
+
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
 
     def __post_init__(self):
         _check_common(self)

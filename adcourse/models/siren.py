@@ -438,6 +438,24 @@ class SirenInpaintSettings:
     score: Literal["residual", "discriminator"] = "residual"
     stride: int | None = None          # of the sliding centre (None: half the hole)
 
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        unused = {}
+        # (disc_lr, disc_width, margin and max_rotation are also read by train_discriminator() after fit)
+        if self.discriminator != "after":
+            unused["disc_epochs"] = ("discriminator", "discriminator='after'")
+        if self.discriminator != "joint":
+            unused["adversarial_weight"] = ("discriminator", "discriminator='joint'")
+        if self.perceptual_weight == 0 and self.style_weight == 0:
+            unused.update({key: ("perceptual_weight", "perceptual_weight > 0 or style_weight > 0")
+                           for key in ("backbone", "download")})
+        elif self.backbone != "source":
+            unused["download"] = ("backbone", "backbone='source'")
+        if not self.crop:
+            unused["overlap"] = ("crop", "crop=True")
+        return unused
+
     def __post_init__(self):
         checks.at_least(self, 1, "epochs", "batch_size", "hidden_features", "code_dim", "encoder_width",
                         "coords_per_step", "disc_width", "stride")

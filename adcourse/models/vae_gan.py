@@ -465,6 +465,13 @@ class CAVGASettings:
     top_fraction: float = 0.05      # the image score: mean of the map's top fraction of pixels
     smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
 
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        if self.adversarial:
+            return {}
+        return {key: ("adversarial", "adversarial=True") for key in ("lr_d", "adv_weight")}
+
     def __post_init__(self):
         checks.at_least(self, 1, "latent_channels", "width", "depth", "epochs", "batch_size")
         checks.positive(self, "lr", "lr_d")

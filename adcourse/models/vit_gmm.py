@@ -505,6 +505,11 @@ class VTADLSettings:
     refit_lr: float = 2e-2
     smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
 
+    def unused(self) -> dict[str, tuple[str, str]]:
+        """Settings that these settings leave unread: name -> (the setting that decides, the value that
+        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        return {"refit_lr": ("refit_steps", "refit_steps > 0")} if self.refit_steps == 0 else {}
+
     def __post_init__(self):
         checks.at_least(self, 1, "patch_size", "dim", "depth", "heads", "mlp_dim", "recon_dim", "n_components",
                         "mdn_hidden", "decoder_width", "batch_size")
