@@ -659,7 +659,9 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     overrides = check_overrides(overrides, methods)
     check_device(device)
     out = check_out(out)
-    settings = {"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed, "overrides": overrides or None}
+    # as the JSON file holds them (a tuple setting reads back as a list), so that a run finds its own file
+    settings = json.loads(json.dumps({"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed,
+                                      "overrides": overrides or None}))
     if out:
         check_table(out)
     results = previous_results(out, settings) if out else {}

@@ -1,4 +1,10 @@
-"""Evaluation metrics: image AUROC / AUPR / best TPR-TNR, pixel AUROC, PRO curve and AUPRO.
+"""Evaluation metrics: image AUROC / AUPR / best TPR-TNR, pixel AUROC, PRO curve and AUPRO, and
+operating points at a threshold fixed on normal images only (image TPR/TNR/F1, SegF1).
+
+``best_tpr_tnr`` chooses its threshold on the *test* set, knowing the labels: an oracle that no
+production line has. :func:`normal_threshold` fixes a threshold the way MVTec AD 2's protocol does,
+from the scores of held-out normal validation images only (mean + 3 standard deviations, or a
+quantile); :func:`operating_point` and :func:`segmentation_f1` then say what that threshold gives.
 
 Convention everywhere: label / mask 1 = anomalous, and a higher score means more anomalous.
 Inputs may be numpy arrays, lists or torch tensors (any device); results are plain floats.
@@ -158,3 +164,60 @@ def aupro(masks, maps, fpr_limit=0.3):
     """Area under the PRO curve up to ``fpr_limit`` (trapezoid rule), divided by ``fpr_limit``."""
     fprs, pros = _pro_curve(masks, maps, fpr_limit, "aupro")
     return min(1.0, float(auc(fprs, pros)) / fpr_limit)  # min: float rounding only
+
+
+# -- operating points fixed on normal images only ---------------------------------------------------
+def normal_threshold(normal_scores, rule: str = "mean+3std", quantile: float = 0.99) -> float:
+    """A threshold from the scores (or map values) of normal validation images only: no anomaly,
+    no test label is seen. ``rule``: ``"mean+3std"`` (MVTec AD 2's: mean + 3 sample standard
+    deviations) or ``"quantile"`` (the ``quantile`` of the normal scores: about 1 − ``quantile`` of
+    normal images flagged). Scores at or above the threshold are called anomalous."""
+    scores = _to_numpy(normal_scores).astype(np.float64).ravel()
+    if scores.size < 2:
+        raise ValueError(f"normal_threshold needs the scores of at least 2 normal images, got {scores.size}; "
+                         "hold out normal validation images")
+    if not np.isfinite(scores).all():
+        raise ValueError("normal_threshold: the normal scores must be finite; they contain NaN or infinite values")
+    if rule == "mean+3std":
+        return float(scores.mean() + 3 * scores.std(ddof=1))
+    if rule == "quantile":
+        if isinstance(quantile, bool) or not 0 < quantile < 1:
+            raise ValueError(f"normal_threshold: quantile must be in (0, 1), got {quantile!r}")
+        return float(np.quantile(scores, quantile))
+    raise ValueError(f"normal_threshold: rule must be 'mean+3std' or 'quantile', got {rule!r}")
+
+
+def _finite_threshold(threshold, metric: str) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(threshold):
+        raise ValueError(f"{metric}: threshold must be a finite number (e.g. from normal_threshold), got {threshold!r}")
+    return float(threshold)
+
+
+def _rates(truth: np.ndarray, flagged: np.ndarray) -> dict:
+    positives, negatives = truth.sum(), (~truth).sum()
+    hits = (truth & flagged).sum()
+    precision = hits / flagged.sum() if flagged.any() else 0.0
+    recall = hits / positives
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return dict(tpr=float(recall), tnr=float(((~truth) & (~flagged)).sum() / negatives),
+                precision=float(precision), f1=float(f1))
+
+
+def operating_point(labels, scores, threshold) -> dict:
+    """What a fixed ``threshold`` gives on test images: images with score >= threshold are called
+    anomalous. Returns ``dict(threshold, tpr, tnr, precision, f1)`` (anomalies as positives;
+    precision and F1 are 0 when nothing is flagged)."""
+    labels, scores = _image_inputs(labels, scores, "operating_point")
+    threshold = _finite_threshold(threshold, "operating_point")
+    return dict(threshold=threshold, **_rates(labels == 1, scores >= threshold))
+
+
+def segmentation_f1(masks, maps, threshold) -> dict:
+    """SegF1 (MVTec AD 2): pixels with map >= ``threshold`` are called defective, and precision,
+    recall and their F1 are counted over every pixel of the test set together (not image by image).
+    Returns ``dict(threshold, precision, recall, f1)``."""
+    masks, maps = _pixel_inputs(masks, maps, "segmentation_f1")
+    threshold = _finite_threshold(threshold, "segmentation_f1")
+    rates = _rates(masks.ravel(), maps.ravel() >= threshold)
+    return dict(threshold=threshold, precision=rates["precision"], recall=rates["tpr"], f1=rates["f1"])
