@@ -808,6 +808,73 @@ def check_ch09_weighted_component_nll(fn: Callable[..., Any]) -> None:
     _ok(f"{name} gives the code's loss, an upper bound of the mixture NLL (Jensen)")
 
 
+def check_ch10_cheapest_setting(fn: Callable[..., Any]) -> None:
+    """Chapter 10: ``fn(settings, min_auroc)``, the cheapest setting that reaches a stated quality.
+
+    ``settings`` is a pandas frame, one row per setting, with ``worst_auroc`` (its lowest mean image
+    AUROC over the textures) and ``seconds`` (its largest fit-and-score time over them). Returns the
+    index label of the row with the fewest ``seconds`` among those whose ``worst_auroc`` is at least
+    ``min_auroc``, or ``None`` when no row reaches it.
+    """
+    import pandas as pd
+
+    name = getattr(fn, "__name__", "the function")
+    settings = pd.DataFrame({"worst_auroc": [0.90, 0.97, 0.99, 0.95, 0.97],
+                             "seconds": [3.0, 12.0, 40.0, 8.0, 9.0]},
+                            index=["×1", "×2 fine", "×4", "×2 coarse", "×2 mid"])
+    cases = [("at least 0.95", 0.95, "×2 coarse"), ("at least 0.97", 0.97, "×2 mid"),
+             ("at least 0.99", 0.99, "×4"), ("at least 0.995: none", 0.995, None)]
+    for case, floor, expected in cases:
+        result = _call(fn, case, settings.copy(), floor)
+        if result == expected:
+            continue
+        reaching = settings[settings["worst_auroc"] >= floor]
+        hint = f"returned {result!r}, expected {expected!r}."
+        if expected is not None and result == reaching["worst_auroc"].idxmax():
+            hint += " That is the best setting that reaches the quality, not the cheapest: take the fewest seconds."
+        elif expected is not None and result == settings["seconds"].idxmin():
+            hint += " That is the cheapest setting of all: keep only those with worst_auroc >= min_auroc first."
+        elif expected is not None and result == settings[settings["worst_auroc"] > floor]["seconds"].idxmin():
+            hint += " A setting exactly at the stated quality reaches it: compare with >=, not >."
+        elif expected is None:
+            hint += " No setting reaches that quality: return None rather than the nearest miss."
+        raise ExerciseError(f"`{name}` fails on case '{case}': {hint}")
+    _ok(f"{name} finds the cheapest setting that reaches each stated quality")
+
+
+def check_ch01_normal_threshold_f1(fn: Callable[..., Any]) -> None:
+    """Chapter 1: ``fn(validation_scores, labels, scores)``: the threshold mean + 3 sample standard
+    deviations of the normal validation scores, and the image F1 it gives on the test set (score >=
+    threshold is anomalous). Returns ``(threshold, f1)``."""
+    import numpy as np
+
+    name = getattr(fn, "__name__", "the function")
+    rng = np.random.default_rng(0)
+    validation = rng.normal(1.0, 0.2, 50)
+    labels = np.r_[np.zeros(40, int), np.ones(10, int)]
+    scores = np.r_[rng.normal(1.0, 0.2, 40), rng.normal(2.2, 0.5, 10)]
+
+    def f1_at(threshold):
+        flagged, truth = scores >= threshold, labels == 1
+        hits = (flagged & truth).sum()
+        return 0.0 if hits == 0 else 2 * hits / (flagged.sum() + truth.sum())
+
+    threshold = validation.mean() + 3 * validation.std(ddof=1)
+    result = _pair(fn, "normal validation scores", _call(fn, "normal validation scores", validation.copy(),
+                                                          labels.copy(), scores.copy()), "(threshold, f1)")
+    _expect(fn, "normal validation scores", float(result[0]), threshold, [
+        (validation.mean() + 3 * validation.std(ddof=0), "the standard deviation divides by n: use the sample "
+         "standard deviation (ddof=1), as MVTec AD 2 does."),
+        (scores[labels == 0].mean() + 3 * scores[labels == 0].std(ddof=1), "that threshold comes from the normal "
+         "*test* images: a factory has only its validation images, use validation_scores."),
+        (validation.mean() + 2 * validation.std(ddof=1), "mean + 3 standard deviations, not 2."),
+    ], what="the threshold")
+    _expect(fn, "normal validation scores", float(result[1]), f1_at(threshold), [
+        (f1_at(np.nextafter(threshold, np.inf)), "an image whose score equals the threshold is anomalous: score >= threshold."),
+    ], what="the F1")
+    _ok(f"{name} fixes the threshold on normal images and gives the F1 it reaches")
+
+
 def check_ch10_position_gaussians(fn: Callable[..., Any]) -> None:
     """Chapter 10: ``fn(features, epsilon=0.01)``, PaDiM's step 2 — one Gaussian per position.
 

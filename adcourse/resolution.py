@@ -59,13 +59,21 @@ def label(method: str, config: dict) -> str:
 
 
 def sweep(seeds=(0, 1, 2), work: str | Path = ".scratch/resolution", methods=("padim", "patchcore"),
-          textures=TEXTURES, progress: bool = True) -> list[dict]:
+          textures=TEXTURES, progress: bool = True, only=None) -> list[dict]:
     """Run the grid on every texture (one benchmark file each, resumable) and return one row per
-    (method, setting, texture): the mean and standard deviation over ``seeds`` of :data:`FIGURES`."""
+    (method, setting, texture): the mean and standard deviation over ``seeds`` of :data:`FIGURES`.
+    ``only``: the :func:`label` s of the settings to run (default: all of the grid)."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    settings = grid(methods)
+    if only is not None:
+        unknown = sorted(set(only) - {label(m, c) for m, c in settings})
+        if unknown:
+            raise ValueError(f"--only: no setting of the grid is called {', '.join(unknown)}; the grid's are "
+                             f"{', '.join(label(m, c) for m, c in settings)}")
+        settings = [(m, c) for m, c in settings if label(m, c) in only]
     rows = []
-    for method, config in grid(methods):
+    for method, config in settings:
         for texture in textures:
             out = work / f"{label(method, config)}_{texture}.json"
             report = bench.run([method], f"textures:{texture}", "quick", seed=list(seeds), out=out,
@@ -114,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each draws its own data)")
     parser.add_argument("--methods", default="padim,patchcore")
     parser.add_argument("--textures", default=",".join(TEXTURES))
+    parser.add_argument("--only", default=None, help="comma-separated labels of settings (e.g. padim_x4_s8-16) to run "
+                                                     "instead of the whole grid")
     parser.add_argument("--work", default=".scratch/resolution", help="folder of the benchmark files, one per run")
     parser.add_argument("--out", required=True, help="JSON file of the gathered table (a .md table beside it)")
     args = parser.parse_args(argv)
@@ -129,7 +139,10 @@ def main(argv=None) -> int:
     except ValueError as error:
         parser.error(str(error))
     start = time.perf_counter()
-    rows = sweep(seeds, args.work, methods, textures)
+    try:
+        rows = sweep(seeds, args.work, methods, textures, only=None if args.only is None else args.only.split(","))
+    except ValueError as error:
+        parser.error(str(error))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m adcourse.resolution " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -52,3 +52,24 @@ def test_the_command_line_refuses_a_method_outside_the_sweep(capsys):
     with pytest.raises(SystemExit) as stopped:
         resolution.main(["--methods", "ae_l2", "--out", "x.json"])
     assert stopped.value.code == 2 and "the sweep covers padim, patchcore, not ae_l2" in capsys.readouterr().err
+
+
+def test_only_runs_the_named_settings_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda methods, data, profile, seed, out, overrides, progress: ran.append(
+        (methods[0], overrides[methods[0]], data)) or {"results": {methods[0]: {"seeds": {}}}})
+    resolution.sweep(seeds=(3,), work=tmp_path, textures=("grass",), only=["padim_x4_s8-16"], progress=False)
+    assert ran == [("padim", {"input_scale": 4, "strides": (8, 16)}, "textures:grass")]
+    with pytest.raises(ValueError, match="no setting of the grid is called padim_x3"):
+        resolution.sweep(seeds=(3,), work=tmp_path, only=["padim_x3"], progress=False)
+
+
+def test_the_committed_sweep_and_its_confirmation_cover_the_grid_and_the_candidates():
+    sweep = load_stored("resolution/sweep.json")
+    assert sweep["seeds"] == [0, 1, 2] and sweep["command"].startswith("python -m adcourse.resolution")
+    labels = {(r["method"], r["input_scale"], tuple(r["strides"]), r.get("coreset_fraction")) for r in sweep["rows"]}
+    assert len(sweep["rows"]) == 3 * len(resolution.grid()) == 3 * len(labels)
+    confirm = load_stored("resolution/confirm.json")
+    assert confirm["seeds"] == [3, 4] and len(confirm["rows"]) == 12
+    for row in sweep["rows"] + confirm["rows"]:
+        assert all(row[key] is not None for key in ("image_auroc", "aupro", "train_seconds", "cpu_ms_per_image"))
