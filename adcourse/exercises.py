@@ -72,6 +72,12 @@ class ExerciseError(AssertionError):
     """A check failed; the message is a hint for the student."""
 
 
+def _function_name(fn) -> str:
+    """The name a hint gives the learner's function: its own, or "your function" for a lambda."""
+    name = getattr(fn, "__name__", None)
+    return "your function" if name in (None, "<lambda>") else name
+
+
 def _ok(message: str) -> None:
     print(f"✓ {message}")
 
@@ -266,7 +272,7 @@ def check_function(
     corrupt later cases. Tuples, lists and dicts are compared element by element; tensors, arrays
     and numbers with a tolerance, anything else with ``==``.
     """
-    fn_name = getattr(fn, "__name__", "the function")
+    fn_name = _function_name(fn)
     cases = list(cases)
     if not cases:
         raise ValueError("check_function needs at least one case")
@@ -312,7 +318,7 @@ def check_function(
 
 def _call(fn: Callable[..., Any], case: str, *args: Any, **kwargs: Any) -> Any:
     """Call the student's ``fn``; a stub or an exception becomes an :class:`ExerciseError` hint."""
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
@@ -343,7 +349,7 @@ def _expect(
     ``mistakes`` holds ``(wrong_answer, hint)`` pairs: a result that matches a wrong answer gets
     that hint; any other wrong result gets how far off it is, and where.
     """
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     if result is None:
         raise ExerciseError(f"`{name}` returned None on case '{case}': did it forget to `return`?")
     message = _compare(result, expected, "result", atol, rtol, label=what)
@@ -363,7 +369,7 @@ def _require(condition: Any, hint: str) -> None:
 
 def _pair(fn: Callable[..., Any], case: str, result: Any, names: str) -> tuple[Any, Any]:
     """Unpack a result that must be a pair (``names`` says what the two parts are)."""
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         raise ExerciseError(
             f"`{name}` should return two values, {names}, on case '{case}'; it returned "
@@ -462,7 +468,7 @@ def check_ch02_ssim_terms(fn: Callable[..., Any]) -> None:
 
     from .losses import ssim_map
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
     darker = (0.7 * x + 0.05 * torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
@@ -496,7 +502,7 @@ def check_ch03_denoising_loss(fn: Callable[..., Any]) -> None:
     from .corruption import gaussian_noise
     from .models.corruption_ae import corrupt_batch
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
 
     def white_corner(image, rng):
         corrupted = np.array(image, dtype=np.float32, copy=True)
@@ -551,7 +557,7 @@ def check_ch04_gradient_norm(fn: Callable[..., Any]) -> None:
 
     from .models.siren import Siren, coordinate_grid, gradient
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     plane = torch.nn.Linear(2, 1)
     with torch.no_grad():
         plane.weight.copy_(torch.tensor([[3.0, 4.0]]))
@@ -590,7 +596,7 @@ def check_ch05a_critic_loss(fn: Callable[..., Any]) -> None:
     """
     import torch
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     g = torch.Generator().manual_seed(0)
     real, fake = torch.rand(6, 1, 2, 2, generator=g), torch.rand(6, 1, 2, 2, generator=g) - 0.3
     for case, norm, weight in [("slope 2, λ = 10", 2.0, 10.0), ("slope 3, λ = 2.5", 3.0, 2.5),
@@ -626,7 +632,7 @@ def check_ch05b_mahalanobis_pixels(fn: Callable[..., Any]) -> None:
     """
     import numpy as np
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     rng = np.random.default_rng(0)
     base = rng.random((2, 4, 5))
     l_r, l_d = 0.3 + 0.2 * base, 0.5 + 0.2 * base + 0.3 * rng.random((2, 4, 5))
@@ -660,7 +666,7 @@ def check_ch06_negative_elbo(fn: Callable[..., Any]) -> None:
     import torch
     import torch.nn.functional as F
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 4, 4, generator=g)
     x_hat = torch.sigmoid(torch.randn(3, 1, 4, 4, generator=g))
@@ -692,7 +698,7 @@ def check_ch07_squash(fn: Callable[..., Any]) -> None:
     """
     import torch
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
 
     def squash(s, a=1.0, dim=-1):
         norm2 = (s ** 2).sum(dim=dim, keepdim=True)
@@ -738,7 +744,7 @@ def check_ch08_pyramid_features(fn: Callable[..., Any]) -> None:
     import torch
     import torch.nn.functional as F
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
 
     def pyramid(fmap, bins, dim, pool=F.adaptive_avg_pool2d, flat=lambda t: t.flatten(1)):
         return torch.cat([flat(pool(fmap, k)) for k in bins], 1).reshape(len(fmap), -1, dim)
@@ -777,7 +783,7 @@ def check_ch09_weighted_component_nll(fn: Callable[..., Any]) -> None:
 
     from .losses import mixture_nll
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
 
     def log_normal(y, means, scales, constant=True):
         z = (y.unsqueeze(-2) - means) / scales
@@ -818,7 +824,7 @@ def check_ch10_cheapest_setting(fn: Callable[..., Any]) -> None:
     """
     import pandas as pd
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     settings = pd.DataFrame({"worst_auroc": [0.90, 0.97, 0.99, 0.95, 0.97],
                              "seconds": [3.0, 12.0, 40.0, 8.0, 9.0]},
                             index=["×1", "×2 fine", "×4", "×2 coarse", "×2 mid"])
@@ -848,7 +854,7 @@ def check_ch01_normal_threshold_f1(fn: Callable[..., Any]) -> None:
     threshold is anomalous). Returns ``(threshold, f1)``."""
     import numpy as np
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
     rng = np.random.default_rng(0)
     validation = rng.normal(1.0, 0.2, 50)
     labels = np.r_[np.zeros(40, int), np.ones(10, int)]
@@ -883,7 +889,7 @@ def check_ch10_position_gaussians(fn: Callable[..., Any]) -> None:
     """
     import torch
 
-    name = getattr(fn, "__name__", "the function")
+    name = _function_name(fn)
 
     def gaussians(features, epsilon, order=(2, 3, 0, 1), ddof=1, regularise=True):
         n, d, h, w = features.shape

@@ -423,3 +423,8 @@ def test_merging_keeps_every_seed_of_both_tables():
     assert sorted(merged["ae_l2"]["seeds"]) == ["0", "1"] and merged["ae_l2"]["image_auroc"] == 0.5
     assert merged["ae_ssim"] == {"seeds": {"0": row}} and merged["vae"] == {"skipped": "no labels"}
     assert math.isclose(merged["ae_l2"]["std"]["image_auroc"], 0.0)
+
+
+def test_a_hint_about_a_lambda_names_it_your_function():
+    with pytest.raises(ExerciseError, match=r"^`your function` fails on case 'one'"):
+        check_function(lambda x: x, [("one", (1,), 2)])
