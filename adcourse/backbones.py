@@ -32,10 +32,6 @@ from .train import refusal_reason
 _WARNED: set[str] = set()
 
 
-# What torch.load raises on a file cut short (RuntimeError from the zip reader, EOFError when empty)
-# or overwritten with something else (UnpicklingError).
-
-
 class WeightsUnavailable(RuntimeError):
     """A torchvision network's ImageNet weights are neither cached nor downloadable (or are damaged)."""
 
@@ -79,6 +75,12 @@ def _state_dict_in(path: str) -> dict:
 
 
 BACKBONE_CHOICES = ("shipped", "source", "random")
+
+
+def unread_download(settings) -> dict[str, tuple[str, str]]:
+    """The ``Settings.unused()`` entry of every detector with a ``backbone`` setting: ``download`` is
+    read only when ``backbone="source"`` (the other two networks need no download)."""
+    return {} if settings.backbone == "source" else {"download": ("backbone", "backbone='source'")}
 
 
 def choose_network(backbone: str, source: Callable[[bool], nn.Module], shipped: Callable[[], nn.Module]) -> nn.Module:

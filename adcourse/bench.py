@@ -594,43 +594,40 @@ def _settings_of(report: dict) -> dict:
     return {key: report[key] for key in ("data", "profile", "seeds", "data_seed", "overrides")}
 
 
+def _take_in_file(report: dict, out: Path) -> None:
+    """Merge into ``report`` the rows another run on ``out`` wrote there; the caller holds the lock."""
+    report["results"] = merge_results(report["results"], previous_results(out, _settings_of(report)), report["seeds"])
+
+
 def _refresh(report: dict, out: Path | None) -> None:
     """Take in the rows that other runs on ``out`` have finished since this one read it."""
-    if out is None:
-        return
-    with _lock(out):
-        report["results"] = merge_results(report["results"], previous_results(out, _settings_of(report)),
-                                          report["seeds"])
+    if out is not None:
+        with _lock(out):
+            _take_in_file(report, out)
+
+
+def _stamp(report: dict) -> None:
+    report["wall_seconds"] = sum(row.get("wall_seconds", 0) for entry in report["results"].values()
+                                 for row in entry.get("seeds", {}).values())
+    report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _save(report: dict, out: Path | None) -> None:
     """Stamp the report (date, the wall time of every row) and write it to ``out`` with its table.
     Under ``out``'s lock, the rows another run wrote there meanwhile are merged in first: whatever
     the interleaving of runs on one file, no finished row is lost."""
-    if out is not None:
-        lock = _lock(out)
-        try:
-            lock.acquire()
-        except OSError as error:
-            raise ValueError(f"cannot write --out {out}: {error}") from error
+    if out is None:
+        _stamp(report)
+        return
     try:
-        if out is not None:
-            report["results"] = merge_results(report["results"], previous_results(out, _settings_of(report)),
-                                              report["seeds"])
-        report["wall_seconds"] = sum(row.get("wall_seconds", 0) for entry in report["results"].values()
-                                     for row in entry.get("seeds", {}).values())
-        report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        if out is None:
-            return
-        check_table(out)
-        try:
+        with _lock(out):
+            _take_in_file(report, out)
+            _stamp(report)
+            check_table(out)
             write_text_atomic(out, json.dumps(report, indent=2) + "\n")
             write_text_atomic(out.with_suffix(".md"), TABLE_MARKER.format(json=out.name) + "\n\n" + markdown_table(report))
-        except OSError as error:
-            raise ValueError(f"cannot write --out {out}: {error}") from error
-    finally:
-        if out is not None:
-            lock.release()
+    except OSError as error:  # the lock or the files
+        raise ValueError(f"cannot write --out {out}: {error}") from error
 
 
 def _check_both_classes(data: str, labels: np.ndarray) -> None:

@@ -287,6 +287,10 @@ class Detector:
     * ``fitted``: the names of the attributes that hold the fitted state (networks, tensors, numbers),
       saved by :meth:`save`.
 
+    ``Settings`` may define ``unused()``: the settings that its values leave unread, as
+    ``{name: (the setting that decides, the value that would make it matter)}``; :func:`create`
+    refuses those as overrides when neither profile reads them.
+
     ``supervised`` says whether ``fit`` needs labelled anomalies in the training set; ``trains`` is
     false for methods that only collect statistics of a frozen, pretrained network.
     ``backbone_name`` says which pretrained network a method ran on (``None``: it uses none).
@@ -362,7 +366,7 @@ class Detector:
         parameters = inspect.signature(self.fit_networks).parameters
         if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             return
-        accepted = [name for name in list(parameters)[1:]]
+        accepted = list(parameters)[1:]  # after the training set
         unknown = [key for key in options if key not in accepted]
         if unknown:
             takes = f"takes only {', '.join(accepted)}" if accepted else "takes no options"
@@ -390,8 +394,6 @@ class Detector:
                              "for one image use image[None]")
         if images.dim() != 4 or len(images) == 0:
             raise ValueError(f"images must be a non-empty batch N×C×H×W, got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be floats in [0, 1], got {images.dtype}; divide by 255 (uint8) first")
         check_pixels(images, "images")
         channels, height, width = self.input_shape
         if images.shape[1] != channels:

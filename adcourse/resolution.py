@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import bench
+from . import bench, detectors
 from .train import write_text_atomic
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -36,26 +36,32 @@ FIGURES = ("image_auroc", "pixel_auroc", "aupro", "train_seconds", "cpu_ms_per_i
 
 def grid(methods=("padim", "patchcore")) -> list[tuple[str, dict]]:
     """Every (method, settings) of the sweep: input scale × stages for both methods, PatchCore with
-    the quick profile's 1 % bank; then PatchCore's bank (:data:`CORESET_FRACTIONS`) at the finest
+    the quick profile's bank; then PatchCore's other banks (:data:`CORESET_FRACTIONS`) at the finest
     setting, ×4 on strides 8+16. PatchCore's finer pair (4+8) is not run at ×4: it holds four times
     the patches of ×4 on 8+16, and choosing its coreset alone would outlast the quick budget."""
     settings = []
     for method in methods:
+        bank = {"coreset_fraction": quick_bank()} if method == "patchcore" else {}
         for scale in SCALES:
             for strides in STAGES[method]:
                 if method == "patchcore" and strides == (4, 8) and scale == 4:
                     continue
-                settings.append((method, {"input_scale": scale, "strides": strides}))
+                settings.append((method, {"input_scale": scale, "strides": strides, **bank}))
         if method == "patchcore":
             settings += [(method, {"input_scale": 4, "strides": (8, 16), "coreset_fraction": fraction})
-                         for fraction in CORESET_FRACTIONS if fraction != 0.01]
+                         for fraction in CORESET_FRACTIONS if fraction != bank["coreset_fraction"]]
     return settings
+
+
+def quick_bank() -> float:
+    """PatchCore's coreset fraction in the quick profile."""
+    return detectors.create("patchcore").settings_for("quick").coreset_fraction
 
 
 def label(method: str, config: dict) -> str:
     """A file-name-safe name of one setting: ``patchcore_x4_s8-16_c0.01``."""
     text = f"{method}_x{config['input_scale']}_s{'-'.join(map(str, config['strides']))}"
-    return text + f"_c{config.get('coreset_fraction', 0.01):g}" if method == "patchcore" else text
+    return text + f"_c{config['coreset_fraction']:g}" if "coreset_fraction" in config else text
 
 
 def sweep(seeds=(0, 1, 2), work: str | Path = ".scratch/resolution", methods=("padim", "patchcore"),
@@ -79,8 +85,6 @@ def sweep(seeds=(0, 1, 2), work: str | Path = ".scratch/resolution", methods=("p
             report = bench.run([method], f"textures:{texture}", "quick", seed=list(seeds), out=out,
                                overrides={method: config}, progress=progress)
             entry = report["results"][method]
-            if method == "patchcore":
-                config = {"coreset_fraction": 0.01, **config}  # the quick profile's bank unless the grid sets one
             row = {"method": method, **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
                    "texture": texture, "seeds": list(seeds), "backbone": entry.get("backbone")}
             for figure in FIGURES:

@@ -225,8 +225,7 @@ class CapsNetSettings:
     seed: int = 0
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
         if self.calibration_fraction == 0:
             return {"calibration_quantile": ("calibration_fraction", "calibration_fraction > 0")}
         return {}

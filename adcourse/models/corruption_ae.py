@@ -323,8 +323,7 @@ class CorruptionAESettings:
     seed: int = 0
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
         unused = {}
         if self.scoring != "mcd":
             unused["mc_samples"] = ("scoring", "scoring='mcd'")

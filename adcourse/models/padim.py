@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import checks
-from ..backbones import BACKBONE_CHOICES, staged_features
+from ..backbones import BACKBONE_CHOICES, staged_features, unread_download
 from ..detectors import Detector, register, smooth_maps
 
 
@@ -72,9 +72,8 @@ class PaDiMSettings:
     seed: int = 0
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
-        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
+        return unread_download(self)
 
     def __post_init__(self):
         if self.backbone not in BACKBONE_CHOICES:

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from .. import checks
 from ..backbones import (BACKBONE_CHOICES, EfficientNetLite0Features, ImageNetInput, ResNetFeatures, choose_network,
-                         load_imagenet_state)
+                         load_imagenet_state, unread_download)
 from ..detectors import Detector, register, smooth_maps
 from ..losses import ssim_map
 from ..train import batch_to, fit, training_generator
@@ -413,9 +413,8 @@ class PyramidalAESettings:
     decoder_width: int = 64
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
-        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
+        return unread_download(self)
 
     def __post_init__(self):
         _check_common(self)
@@ -446,9 +445,8 @@ class PIADESettings:
     decoder_width: int = 64
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
-        return {"download": ("backbone", "backbone='source'")} if self.backbone != "source" else {}
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
+        return unread_download(self)
 
     def __post_init__(self):
         _check_common(self)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
-from ..backbones import BACKBONE_CHOICES
+from ..backbones import BACKBONE_CHOICES, unread_download
 from ..detectors import Detector, NotFittedError, register, smooth_maps
 from ..losses import cosine_distance, perceptual_features, perceptual_loss, style_loss, triplet_loss
 from ..train import training_generator
@@ -439,8 +439,7 @@ class SirenInpaintSettings:
     stride: int | None = None          # of the sliding centre (None: half the hole)
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
         unused = {}
         # (disc_lr, disc_width, margin and max_rotation are also read by train_discriminator() after fit)
         if self.discriminator != "after":
@@ -450,8 +449,8 @@ class SirenInpaintSettings:
         if self.perceptual_weight == 0 and self.style_weight == 0:
             unused.update({key: ("perceptual_weight", "perceptual_weight > 0 or style_weight > 0")
                            for key in ("backbone", "download")})
-        elif self.backbone != "source":
-            unused["download"] = ("backbone", "backbone='source'")
+        else:
+            unused.update(unread_download(self))
         if not self.crop:
             unused["overlap"] = ("crop", "crop=True")
         return unused

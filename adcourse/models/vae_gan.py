@@ -466,8 +466,7 @@ class CAVGASettings:
     smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
         if self.adversarial:
             return {}
         return {key: ("adversarial", "adversarial=True") for key in ("lr_d", "adv_weight")}

@@ -506,8 +506,7 @@ class VTADLSettings:
     smoothing: float = 2.0          # Gaussian σ of the anomaly maps, in pixels
 
     def unused(self) -> dict[str, tuple[str, str]]:
-        """Settings that these settings leave unread: name -> (the setting that decides, the value that
-        would make it matter). :func:`adcourse.detectors.create` refuses them as overrides."""
+        """The settings these leave unread (see :class:`adcourse.detectors.Detector`)."""
         return {"refit_lr": ("refit_steps", "refit_steps > 0")} if self.refit_steps == 0 else {}
 
     def __post_init__(self):
