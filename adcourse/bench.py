@@ -65,6 +65,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ from tqdm.auto import tqdm
 from . import detectors, metrics
 from .data import (BTAD, MVTecAD, MVTecLayoutFolder, OneClassDigits, TextureDefects, TorchvisionOneClass,
                    TORCHVISION_SETS, DatasetError)
+from .data.folder import VALIDATION
 from .train import (MINIATURE_NOTE, count_parameters, miniature, miniature_active, pick_device, resolve_profile,
                     seed_everything, write_text_atomic)
 
@@ -89,9 +91,27 @@ SUPERVISED_ANOMALY_FRACTION = 0.1
 UNSEEDED_KINDS = ("mvtec", "btad", "folder")
 
 
-def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction: float = 0.0):
-    """``(train_dataset, test_dataset)`` for a ``kind:part`` spec such as ``textures:brick``.
+# Normal images held out of training in every benchmark run, to fix the threshold a factory would
+# use (metrics.normal_threshold on them alone): the textures' band of rows above the test rows, a share
+# of the training images elsewhere (a folder's own validation/good/ when it has one).
+VALIDATION_ROWS = 0.15
+VALIDATION_SIZES = {"quick": 64, "full": 256}
+VALIDATION_FRACTION = {"digits": 0.2, "mvtec": 0.1, "btad": 0.1, "folder": 0.1, "torchvision": 0.1}
 
+
+class Splits(NamedTuple):
+    """The datasets of one benchmark run; ``validation`` is None when none is held out."""
+    train: Any
+    validation: Any
+    test: Any
+
+
+def load_splits(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction: float = 0.0,
+                validation: bool = True) -> Splits:
+    """Training, normal validation and test sets for a ``kind:part`` spec such as ``textures:brick``.
+
+    ``validation``: hold out normal images apart from training and test (see ``VALIDATION_ROWS``
+    and ``VALIDATION_FRACTION``); with ``False`` training keeps them and ``validation`` is None.
     ``anomaly_fraction`` > 0 mixes labelled anomalies into the training set (for supervised
     methods); only the digit sets support it, others raise ``ValueError``.
     """
@@ -105,27 +125,40 @@ def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction
     profile = resolve_profile(profile)
     if anomaly_fraction and kind != "digits":
         raise ValueError(f"--data {spec!r} has no labelled anomalies for training; supervised methods run on digits:<class>")
-    if kind == "textures":
-        n = miniature(TEXTURE_SIZES[profile], profile)
-        return (TextureDefects(part, "train", n=n["train"], seed=seed),
-                TextureDefects(part, "test", n=n["test"], seed=seed))
-    if kind == "digits":
-        return (OneClassDigits(_class_index(spec, part), "train", anomaly_fraction, image_size=32, seed=seed),
-                OneClassDigits(_class_index(spec, part), "test", image_size=32, seed=seed))
-    size = REAL_IMAGE_SIZE[profile]
-    if kind == "mvtec":
-        return MVTecAD(None, part, "train", image_size=size), MVTecAD(None, part, "test", image_size=size)
-    if kind == "btad":
-        return BTAD(None, part, "train", image_size=size), BTAD(None, part, "test", image_size=size)
-    if kind == "folder":
-        return MVTecLayoutFolder(part, "train", image_size=size), MVTecLayoutFolder(part, "test", image_size=size)
     names = {name.lower(): name for name in TORCHVISION_SETS}
-    if kind in names:
-        size = 32  # even sides for the convolutional models; MNIST's 28 is up-sampled
-        return tuple(TorchvisionOneClass(names[kind], None, _class_index(spec, part), split, image_size=size, seed=seed)
-                     for split in ("train", "test"))
-    raise ValueError(f"unknown dataset kind {kind!r} in --data {spec!r}; use one of "
-                     f"textures, digits, mvtec, btad, folder, {', '.join(names)}")
+    if kind not in ("textures", "digits", "mvtec", "btad", "folder", *names):
+        raise ValueError(f"unknown dataset kind {kind!r} in --data {spec!r}; use one of "
+                         f"textures, digits, mvtec, btad, folder, {', '.join(names)}")
+    fraction = VALIDATION_FRACTION["torchvision" if kind in names else kind] if validation and kind != "textures" else 0.0
+    if kind == "textures":
+        n = miniature({**TEXTURE_SIZES[profile], "validation": VALIDATION_SIZES[profile]}, profile)
+        rows = VALIDATION_ROWS if validation else 0.0
+        make = lambda split: TextureDefects(part, split, n=n[split], seed=seed, validation_rows=rows)  # noqa: E731
+    elif kind == "digits":
+        normal = _class_index(spec, part)
+        make = lambda split: OneClassDigits(normal, split, anomaly_fraction if split == "train" else 0.0,  # noqa: E731
+                                            image_size=32, seed=seed, validation_fraction=fraction)
+    elif kind in ("mvtec", "btad", "folder"):
+        size = REAL_IMAGE_SIZE[profile]
+        if kind == "folder":
+            make = lambda split: MVTecLayoutFolder(part, split, image_size=size,  # noqa: E731
+                                                   validation_fraction=fraction)
+        else:
+            loader = MVTecAD if kind == "mvtec" else BTAD
+            make = lambda split: loader(None, part, split, image_size=size, validation_fraction=fraction)  # noqa: E731
+    else:
+        normal = _class_index(spec, part)
+        # even sides for the convolutional models; MNIST's 28 is up-sampled
+        make = lambda split: TorchvisionOneClass(names[kind], None, normal, split, image_size=32, seed=seed,  # noqa: E731
+                                                 validation_fraction=fraction)
+    return Splits(make("train"), make(VALIDATION) if validation else None, make("test"))
+
+
+def load_data(spec: str, profile: str = "quick", seed: int = 0, anomaly_fraction: float = 0.0):
+    """``(train_dataset, test_dataset)`` for a ``kind:part`` spec, nothing held out of training
+    (:func:`load_splits` with ``validation=False``)."""
+    splits = load_splits(spec, profile, seed, anomaly_fraction, validation=False)
+    return splits.train, splits.test
 
 
 def _class_index(spec: str, part: str) -> int:
@@ -270,18 +303,32 @@ def onnx_size_mb(module: torch.nn.Module | None, example: torch.Tensor) -> tuple
         return path.stat().st_size / 2 ** 20, None
 
 
-def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray, defects=None) -> dict:
-    """Every metric of chapter 1; pixel metrics only where the test set has defect masks. With
-    ``defects`` (each image's defect type, ``"good"`` for normal ones), also ``per_defect``: the image
-    AUROC of each defect type's anomalies against every normal image."""
+def evaluate(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray, defects=None,
+             validation_scores: np.ndarray | None = None, validation_maps: np.ndarray | None = None) -> dict:
+    """Every metric of chapter 1; pixel metrics only where the test set has defect masks.
+
+    ``best_tpr``/``best_tnr`` are the oracle's operating point (its threshold chosen on the test set).
+    With the scores of normal ``validation`` images, also what a threshold fixed on them alone gives
+    (mean + 3 standard deviations, MVTec AD 2's rule): ``val_tpr``, ``val_tnr``, ``val_f1`` of the
+    test images, and from the validation maps' pixels ``segf1`` with ``seg_precision`` and
+    ``seg_recall``. AUPRO is integrated up to a false-positive rate of 0.3 (``aupro``) and of 0.05
+    (``aupro_0.05``). With ``defects`` (each image's defect type, ``"good"`` for normal ones), also
+    ``per_defect``: the image AUROC of each defect type's anomalies against every normal image."""
     best = metrics.best_tpr_tnr(labels, scores)
     result = {"image_auroc": metrics.image_auroc(labels, scores), "image_aupr": metrics.image_aupr(labels, scores),
-              "best_tpr": best["tpr"], "best_tnr": best["tnr"], "pixel_auroc": None, "aupro": None}
+              "best_tpr": best["tpr"], "best_tnr": best["tnr"], **dict.fromkeys(QUALITY[4:])}
+    if validation_scores is not None:
+        point = metrics.operating_point(labels, scores, metrics.normal_threshold(validation_scores))
+        result.update(val_tpr=point["tpr"], val_tnr=point["tnr"], val_f1=point["f1"])
     if masks.any() and maps is not None:
         if maps.shape != masks.shape:
             raise ValueError(f"anomaly maps of shape {maps.shape} do not match the masks {masks.shape}")
         result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
         result["aupro"] = metrics.aupro(masks, maps)
+        result["aupro_0.05"] = metrics.aupro(masks, maps, fpr_limit=0.05)
+        if validation_maps is not None:
+            pixels = metrics.segmentation_f1(masks, maps, metrics.normal_threshold(validation_maps))
+            result.update(segf1=pixels["f1"], seg_precision=pixels["precision"], seg_recall=pixels["recall"])
     if defects is not None:
         labels, scores, defects = np.asarray(labels), np.asarray(scores), np.asarray(defects)
         if len(defects) != len(labels):
@@ -298,10 +345,11 @@ CPU_LATENCY_IMAGES = 32
 
 
 def run_method(name: str, train, test_batch, profile: str, seed: int, device=None, defects=None,
-               overrides: dict | None = None) -> dict:
-    """Train one method (with ``overrides`` of its settings), score the test set and evaluate (per
-    defect type too, given ``defects``); then time it where it can run (CPU, and on a GPU in fp32
-    and fp16) and export its network to ONNX."""
+               overrides: dict | None = None, validation_images: torch.Tensor | None = None) -> dict:
+    """Train one method (with ``overrides`` of its settings), score the test set (and the normal
+    ``validation_images``, for the thresholds a factory would use) and evaluate (per defect type too,
+    given ``defects``); then time it where it can run (CPU, and on a GPU in fp32 and fp16) and export
+    its network to ONNX."""
     images, labels, masks = test_batch
     seed_everything(seed)
     dev = pick_device(device)
@@ -315,8 +363,12 @@ def run_method(name: str, train, test_batch, profile: str, seed: int, device=Non
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         inference_ms = 1000 * (time.perf_counter() - start) / len(images)
+        validation_scores, validation_maps = (None, None) if validation_images is None else \
+            detector.predict(validation_images)
     try:
-        quality = evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps), defects)
+        quality = evaluate(labels, np.asarray(scores), masks, None if maps is None else np.asarray(maps), defects,
+                           None if validation_scores is None else np.asarray(validation_scores),
+                           None if validation_maps is None else np.asarray(validation_maps))
     except ValueError as error:
         raise ValueError(f"{name}, seed {seed}: {error}") from error
     row = {
@@ -355,7 +407,9 @@ def _guarded(measure, row: dict, what: str):
         return None
 
 
-QUALITY = ("image_auroc", "image_aupr", "best_tpr", "best_tnr", "pixel_auroc", "aupro")
+# the first four are measured on every run; the rest where the run has them (validation images, masks)
+QUALITY = ("image_auroc", "image_aupr", "best_tpr", "best_tnr", "val_tpr", "val_tnr", "val_f1", "pixel_auroc",
+           "aupro", "aupro_0.05", "segf1", "seg_precision", "seg_recall")
 COST = ("parameters", "train_seconds", "inference_ms_per_image", "cpu_ms_per_image", "gpu_ms_per_image",
         "gpu_fp16_ms_per_image", "peak_memory_mb", "onnx_mb", "wall_seconds")
 
@@ -393,8 +447,10 @@ def summarize(rows: dict[str, dict]) -> dict:
 
 
 COLUMNS = [("backbone", "backbone", ""), ("image_auroc", "image AUROC", ".3f"), ("image_aupr", "AUPR", ".3f"),
-           ("best_tpr", "best TPR", ".3f"), ("best_tnr", "best TNR", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
-           ("aupro", "AUPRO", ".3f"), ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
+           ("best_tpr", "oracle TPR", ".3f"), ("best_tnr", "oracle TNR", ".3f"), ("val_tpr", "val. TPR", ".3f"),
+           ("val_tnr", "val. TNR", ".3f"), ("val_f1", "val. F1", ".3f"), ("pixel_auroc", "pixel AUROC", ".3f"),
+           ("aupro", "AU-PRO@0.3", ".3f"), ("aupro_0.05", "AU-PRO@0.05", ".3f"), ("segf1", "SegF1", ".3f"),
+           ("parameters", "parameters", ","), ("train_seconds", "train s", ".1f"),
            ("cpu_ms_per_image", "CPU ms / image", ".2f"), ("gpu_ms_per_image", "GPU ms / image", ".2f"),
            ("gpu_fp16_ms_per_image", "GPU fp16 ms / image", ".2f"), ("peak_memory_mb", "peak MB", ".0f"),
            ("onnx_mb", "ONNX MB", ".1f"), ("supervision", "needs", "")]
@@ -426,6 +482,10 @@ def markdown_table(report: dict) -> str:
             spread = row.get("std", {})
             lines.append(f"| {name} | " + " | ".join(_cell(row.get(key), spread.get(key), fmt)
                                                     for key, _, fmt in COLUMNS) + " |")
+    lines += ["", "Oracle TPR/TNR: the best pair over every threshold of the test set (chosen with its labels). "
+              "Val.: at the threshold fixed on normal validation images alone (mean + 3 standard deviations of "
+              "their scores; for SegF1, of their pixels), as a factory would. AU-PRO@L: the area under the PRO "
+              "curve up to a false-positive rate of L, divided by L."]
     typed = {name: row for name, row in report["results"].items() if row.get("per_defect")}
     if typed:
         kinds = sorted(set().union(*(row["per_defect"] for row in typed.values())))
@@ -517,7 +577,9 @@ def _describe_settings(settings: dict) -> str:
     seeds = ",".join(str(s) for s in seeds) if isinstance(seeds, list) else repr(seeds)
     drawn = "" if settings.get("data_seed") is None else f", data seed {settings['data_seed']}"
     changed = "" if not settings.get("overrides") else f", settings changed {settings['overrides']}"
-    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}{drawn}{changed}"
+    validation = {True: "", False: ", nothing held out for validation (--no-validation)",
+                  None: ", written before validation images were held out of training"}.get(settings.get("validation"), "")
+    return f"--data {settings.get('data')}, --profile {settings.get('profile')}, seeds {seeds}{drawn}{changed}{validation}"
 
 
 def previous_results(out: Path, settings: dict) -> dict:
@@ -590,8 +652,11 @@ def merge_results(ours: dict, theirs: dict, seeds: list[int]) -> dict:
     return merged
 
 
+SETTINGS = ("data", "profile", "seeds", "data_seed", "overrides", "validation")
+
+
 def _settings_of(report: dict) -> dict:
-    return {key: report[key] for key in ("data", "profile", "seeds", "data_seed", "overrides")}
+    return {key: report.get(key) for key in SETTINGS}
 
 
 def _take_in_file(report: dict, out: Path) -> None:
@@ -630,6 +695,23 @@ def _save(report: dict, out: Path | None) -> None:
         raise ValueError(f"cannot write --out {out}: {error}") from error
 
 
+def check_results_file(out: Path, settings: dict) -> None:
+    """Refuse, before anything runs, a results file (or a table beside it) that a run with these
+    ``settings`` must not write to."""
+    check_table(out)
+    previous_results(out, settings)
+
+
+def save_report(out: Path, settings: dict, results: dict, *, device: str, command: str | None) -> dict:
+    """Merge finished ``results`` (method → entry, as :func:`merge_results` makes them) of a run with
+    ``settings`` into the results file ``out`` and its table, under the lock every writer of ``out``
+    takes: how runs made elsewhere (``adcourse.sweep``'s tasks) come into the usual file."""
+    report = {**settings, "device": device, "command": command, "torch": torch.__version__, "results": results,
+              **({"miniature": MINIATURE_NOTE} if settings["profile"] == "full" and miniature_active() else {})}
+    _save(report, out)
+    return report
+
+
 def _check_both_classes(data: str, labels: np.ndarray) -> None:
     if len(np.unique(labels)) < 2:
         kind = "normal" if labels.size and labels[0] == 0 else "anomalous"
@@ -641,11 +723,14 @@ def _check_both_classes(data: str, labels: np.ndarray) -> None:
 
 def run(methods: list[str], data: str, profile: str = "quick", seed: int | Sequence[int] = 0,
         out: str | os.PathLike | None = None, device=None, progress: bool = True, command: str | None = None,
-        overrides: dict[str, dict] | None = None, data_seed: int | None = None) -> dict:
+        overrides: dict[str, dict] | None = None, data_seed: int | None = None, validation: bool = True) -> dict:
     """Run the benchmark: every method of ``methods`` on ``data``, once per seed of ``seed`` (one int
-    or several), the data drawn with each seed, or once with ``data_seed`` when it is given; ``overrides`` (``{"ae_l2": {"epochs": 1}}``) replace settings of the profile. With
-    ``out``, keep what that JSON file already holds for the same data, profile and seeds, and save
-    to it after every finished (method, seed). Every argument is checked before any training."""
+    or several), the data drawn with each seed, or once with ``data_seed`` when it is given;
+    ``overrides`` (``{"ae_l2": {"epochs": 1}}``) replace settings of the profile. ``validation``:
+    hold normal validation images out of training and report the operating point of a threshold fixed
+    on them (:func:`load_splits`); ``False`` trains on them too and reports the oracle's alone. With
+    ``out``, keep what that JSON file already holds for the same settings, and save to it after every
+    finished (method, seed). Every argument is checked before any training."""
     if not isinstance(data, str) or not data.strip():
         raise ValueError(f"--data must name a dataset such as textures:brick or folder:path/to/images, got {data!r}")
     profile = resolve_profile(profile)
@@ -657,8 +742,10 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     check_device(device)
     out = check_out(out)
     # as the JSON file holds them (a tuple setting reads back as a list), so that a run finds its own file
+    if not isinstance(validation, bool):
+        raise ValueError(f"validation must be True or False, got {validation!r}")
     settings = json.loads(json.dumps({"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed,
-                                      "overrides": overrides or None}))
+                                      "overrides": overrides or None, "validation": validation}))
     if out:
         check_table(out)
     results = previous_results(out, settings) if out else {}
@@ -671,10 +758,11 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
         seed = seed if data_seed is None else data_seed
         key = None if data.partition(":")[0].lower() in UNSEEDED_KINDS else seed
         if key not in data_of_seed:
-            train, test = load_data(data, profile, seed)
-            batch = stack(test)
+            splits = load_splits(data, profile, seed, validation=validation)
+            batch = stack(splits.test)
             _check_both_classes(data, batch[1])
-            data_of_seed[key] = train, batch, defect_types(test)
+            normal = None if splits.validation is None else stack(splits.validation)[0]
+            data_of_seed[key] = splits.train, batch, defect_types(splits.test), normal
         return data_of_seed[key]
 
     data_for(seeds[0])  # the data's errors before any training
@@ -687,15 +775,16 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
         if "skipped" in results.get(name, {}) or str(s) in results.get(name, {}).get("seeds", {}):
             continue
         start = time.perf_counter()
-        train, test_batch, defects = data_for(s)
+        train, test_batch, defects, validation_images = data_for(s)
         if detectors.create(name).supervised:
             try:
-                train, _ = load_data(data, profile, s if data_seed is None else data_seed, SUPERVISED_ANOMALY_FRACTION)
+                train = load_splits(data, profile, s if data_seed is None else data_seed, SUPERVISED_ANOMALY_FRACTION,
+                                    validation).train
             except ValueError as reason:
                 results[name] = {"skipped": str(reason), "supervised": True}
                 _save(report, out)
                 continue
-        row = run_method(name, train, test_batch, profile, s, device, defects, overrides.get(name))
+        row = run_method(name, train, test_batch, profile, s, device, defects, overrides.get(name), validation_images)
         # everything the method cost this seed: training, scoring, the extra timings and the export
         row["wall_seconds"] = time.perf_counter() - start
         rows = {**results.get(name, {}).get("seeds", {}), str(s): row}
@@ -746,6 +835,9 @@ def main(argv=None) -> int:
                         metavar="METHOD.SETTING=VALUE",
                         help="change one setting of one method's profile, e.g. ae_ssim.epochs=30 (repeatable; "
                              "recorded in the results file)")
+    parser.add_argument("--no-validation", dest="validation", action="store_false",
+                        help="train on every training image; report the oracle's operating point only (by default "
+                             "normal validation images are held out to fix a threshold on, see load_splits)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--out", default=None, help="JSON file for the results (a .md table is written beside it); "
                                                    "a second run with the same --out adds to it")
@@ -758,7 +850,8 @@ def main(argv=None) -> int:
         for method, name, value in args.settings:
             overrides.setdefault(method, {})[name] = value
         report = run(methods, args.data, args.profile, seed, args.out, args.device, command=command,
-                     data_seed=args.data_seed, **({"overrides": overrides} if overrides else {}))
+                     data_seed=args.data_seed, validation=args.validation,
+                     **({"overrides": overrides} if overrides else {}))
     except (ValueError, DatasetError) as error:
         parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:

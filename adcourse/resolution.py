@@ -82,8 +82,9 @@ def sweep(seeds=(0, 1, 2), work: str | Path = ".scratch/resolution", methods=("p
     for method, config in settings:
         for texture in textures:
             out = work / f"{label(method, config)}_{texture}.json"
+            # resolution is judged on the test set: training keeps the validation band, as in the committed sweep
             report = bench.run([method], f"textures:{texture}", "quick", seed=list(seeds), out=out,
-                               overrides={method: config}, progress=progress)
+                               overrides={method: config}, progress=progress, validation=False)
             entry = report["results"][method]
             row = {"method": method, **{k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
                    "texture": texture, "seeds": list(seeds), "backbone": entry.get("backbone")}

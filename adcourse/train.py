@@ -74,7 +74,7 @@ def describe_profile(profile: str = "auto") -> str:
 MINIATURE_VARIABLE = "ADCOURSE_MINIATURE"
 # written into every result of such a run, so that it is never mistaken for a real run's figures
 MINIATURE_NOTE = "ADCOURSE_MINIATURE=1: a few steps on a few images; the figures mean nothing"
-MINIATURE_COUNTS = {"n_train": 16, "n_test": 16, "train": 16, "test": 16, "n_digits": 100, "n_patches": 256,
+MINIATURE_COUNTS = {"n_train": 16, "n_test": 16, "train": 16, "test": 16, "validation": 16, "n_digits": 100, "n_patches": 256,
                     "adacos_normal": 8, "adacos_per_defect": 2, "mc_samples": 2, "fit_side": 64,
                     "batch": 4, "batch_size": 4, "n_critic": 1, "n_judge": 64, "n_probe": 16}
 # lists whose every entry is another training (classes, fractions, variants): the first two

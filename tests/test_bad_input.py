@@ -339,7 +339,8 @@ RUNNER = textwrap.dedent('''
     import sys, time
     from adcourse import bench
 
-    def stand_in(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None):
+    def stand_in(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None,
+                 validation_images=None):
         time.sleep(0.3)  # long enough for the two runs to interleave their writes
         figure = 0.5 + 0.01 * seed
         return {"image_auroc": figure, "image_aupr": figure, "best_tpr": figure, "best_tnr": figure,
@@ -384,7 +385,8 @@ def test_two_processes_writing_one_results_file_at_once_lose_no_row(tmp_path, me
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    def run_method(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None):
+    def run_method(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None,
+                   validation_images=None):
         return {"image_auroc": 0.5, "image_aupr": 0.5, "best_tpr": 0.5, "best_tnr": 0.5, "pixel_auroc": None,
                 "aupro": None, "parameters": 1, "train_seconds": 0.1, "cpu_ms_per_image": 1.0,
                 "gpu_ms_per_image": None, "gpu_fp16_ms_per_image": None, "peak_memory_mb": 1.0, "onnx_mb": None,

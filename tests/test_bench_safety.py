@@ -23,10 +23,11 @@ def calls(monkeypatch):
     """Replace training and scoring by a stand-in; the list records every (method, seed) run."""
     record = []
 
-    def fake_run_method(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None):
+    def fake_run_method(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None,
+                        validation_images=None):
         record.append((name, seed))
         figure = fake_figure(name, seed)
-        row = {key: figure for key in ("image_auroc", "image_aupr", "best_tpr", "best_tnr")}
+        row = {key: figure for key in bench.QUALITY[:7]}  # the image figures
         row.update(pixel_auroc=None, aupro=None, parameters=1000, train_seconds=1.0 + seed, inference_ms_per_image=2.0,
                    cpu_ms_per_image=2.0, gpu_ms_per_image=None, gpu_fp16_ms_per_image=None, peak_memory_mb=10.0,
                    onnx_mb=0.1, backbone=None, supervised=False, supervision="normal images", device="cpu (test)",
@@ -48,7 +49,7 @@ def test_seeds_give_mean_and_standard_deviation_of_every_quality_figure(tmp_path
     assert saved == json.loads(json.dumps(report)) and saved["seeds"] == [0, 1, 2]
     entry = saved["results"]["ae_l2"]
     figures = [fake_figure("ae_l2", s) for s in range(3)]
-    for key in ("image_auroc", "image_aupr", "best_tpr", "best_tnr"):
+    for key in bench.QUALITY[:7]:
         assert entry[key] == pytest.approx(np.mean(figures))
         assert entry["std"][key] == pytest.approx(np.std(figures, ddof=1))
     assert entry["pixel_auroc"] is None and entry["std"]["pixel_auroc"] is None  # not measured: no figure, no spread

@@ -28,7 +28,8 @@ def test_every_setting_of_the_grid_is_one_the_benchmark_accepts():
 def test_a_tiny_sweep_runs_the_benchmark_and_resumes(tmp_path, monkeypatch):
     calls = []
 
-    def stand_in(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None):
+    def stand_in(name, train, test_batch, profile, seed, device=None, defects=None, overrides=None,
+                 validation_images=None):
         calls.append((name, seed, overrides["input_scale"]))
         return {"image_auroc": 0.9 + 0.01 * seed, "image_aupr": 0.9, "best_tpr": 0.9, "best_tnr": 0.9,
                 "pixel_auroc": 0.8, "aupro": 0.7, "parameters": 1, "train_seconds": 2.0, "cpu_ms_per_image": 3.0,
@@ -56,10 +57,11 @@ def test_the_command_line_refuses_a_method_outside_the_sweep(capsys):
 
 def test_only_runs_the_named_settings_and_refuses_an_unknown_one(tmp_path, monkeypatch):
     ran = []
-    monkeypatch.setattr(bench, "run", lambda methods, data, profile, seed, out, overrides, progress: ran.append(
-        (methods[0], overrides[methods[0]], data)) or {"results": {methods[0]: {"seeds": {}}}})
+    monkeypatch.setattr(bench, "run", lambda methods, data, profile, seed, out, overrides, progress, validation: ran.append(
+        (methods[0], overrides[methods[0]], data, validation)) or {"results": {methods[0]: {"seeds": {}}}})
     resolution.sweep(seeds=(3,), work=tmp_path, textures=("grass",), only=["padim_x4_s8-16"], progress=False)
-    assert ran == [("padim", {"input_scale": 4, "strides": (8, 16)}, "textures:grass")]
+    # judged on the test set, training on the whole training region as the committed sweep did
+    assert ran == [("padim", {"input_scale": 4, "strides": (8, 16)}, "textures:grass", False)]
     with pytest.raises(ValueError, match="no setting of the grid is called padim_x3"):
         resolution.sweep(seeds=(3,), work=tmp_path, only=["padim_x3"], progress=False)
 

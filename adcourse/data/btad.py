@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .arguments import check_choice, check_root
 from .download import DatasetError, cache_dir, download_and_extract
-from .folder import SPLITS, MVTecLayoutFolder
+from .folder import ALL_SPLITS, MVTecLayoutFolder
 
 BTAD_PRODUCTS = ("01", "02", "03")
 BTAD_URL = "https://avires.dimi.uniud.it/papers/btad/btad.zip"
@@ -18,7 +18,8 @@ BTAD_INNER = "BTech_Dataset_transformed"
 
 
 class BTAD(MVTecLayoutFolder):
-    """One BTAD product, train (``ok`` only) or test (``ok`` and defective ``ko``, with masks).
+    """One BTAD product, train (``ok`` only) or test (``ok`` and defective ``ko``, with masks); validation
+    (``ok`` only) holds out ``validation_fraction`` of the training images, as in :class:`MVTecLayoutFolder`.
 
     ``root`` holds ``<nn>/train/ok``, ``<nn>/test/ok``, ``<nn>/test/ko`` and
     ``<nn>/ground_truth/ko`` (images .bmp or .png, masks paired by file stem, .bmp or .png);
@@ -37,9 +38,10 @@ class BTAD(MVTecLayoutFolder):
         split: str,
         image_size: int = 256,
         download: bool = False,
+        validation_fraction: float = 0.0,
     ):
         check_choice("BTAD product", product, BTAD_PRODUCTS)
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
         root = check_root(root, cache_dir() / "btad")
         if download and _find(root, product) is None:
             download_and_extract(BTAD_URL, BTAD_ARCHIVE, BTAD_SHA256, root)
@@ -52,7 +54,8 @@ class BTAD(MVTecLayoutFolder):
                 f"archive itself in {root.parent} and pass download=True."
             )
         self.product = product
-        super().__init__(folder, split, image_size, normal="ok", mask_tag="", masks=True, suffixes=(".bmp", ".png"))
+        super().__init__(folder, split, image_size, normal="ok", mask_tag="", masks=True, suffixes=(".bmp", ".png"),
+                         validation_fraction=validation_fraction)
 
 
 def _find(root: Path, product: str) -> Path | None:

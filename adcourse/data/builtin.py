@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..corruption import DEFECTS, TEXTURES, texture_photo
 from .arguments import DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_seed
-from .folder import SPLITS
+from .folder import ALL_SPLITS, VALIDATION
 
 
 class InMemoryAnomalyDataset(Dataset):
@@ -50,20 +50,28 @@ class TextureDefects(InMemoryAnomalyDataset):
     """Patches of a real texture photograph; test patches carry synthetic defects with exact masks.
 
     The photograph is split by rows: training patches come from the top ``train_rows`` of it,
-    test patches from the rest, so that no test pixel was seen in training. Half of the test patches
+    test patches from the rest, so that no test pixel was seen in training. With ``validation_rows``
+    > 0 the band of that height just above the test rows is held out of training: ``split=
+    "validation"`` draws normal patches from it alone (64 by default), which shares no pixel with
+    training or test patches (the default, 0, trains on all of the top ``train_rows``). Half of the test patches
     receive a defect from :data:`adcourse.corruption.DEFECTS` (stain, scratch, foreign patch, Perlin
     region; drawn in turn), the other half stay normal; ``defect_types`` (and each item's ``defect``)
     names it, ``"good"`` for normal patches. Everything is drawn from ``seed``.
     """
 
     def __init__(self, texture: str = "brick", split: str = "train", patch_size: int = 64,
-                 n: int | None = None, seed: int = 0, train_rows: float = 0.6, defects=None):
+                 n: int | None = None, seed: int = 0, train_rows: float = 0.6, defects=None,
+                 validation_rows: float = 0.0):
         check_choice("texture", texture, TEXTURES)
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
         patch_size = check_int("patch_size", patch_size, minimum=8)
         n = None if n is None else check_int("n", n)
         seed = check_seed(seed)
         check_fraction("train_rows", train_rows, low_open=True)
+        check_fraction("validation_rows", validation_rows, high=train_rows)
+        if split == VALIDATION and not validation_rows:
+            raise DatasetArgumentError("split='validation' needs validation_rows > 0, such as 0.15: the band of rows "
+                                       "above the test rows that training then leaves out")
         defects = list(DEFECTS) if defects is None else [defects] if isinstance(defects, str) else list(defects)
         if not defects:
             raise DatasetArgumentError(f"defects is empty: name at least one of {', '.join(DEFECTS)}, or pass None for all")
@@ -71,13 +79,14 @@ class TextureDefects(InMemoryAnomalyDataset):
             check_choice("defect", name, tuple(DEFECTS))
         photo = texture_photo(texture)
         boundary = int(photo.shape[0] * train_rows)
-        region = photo[:boundary] if split == "train" else photo[boundary:]
+        held = int(photo.shape[0] * (train_rows - validation_rows))
+        region = {"train": photo[:held], VALIDATION: photo[held:boundary], "test": photo[boundary:]}[split]
         if min(region.shape) < patch_size:
             raise ValueError(f"patch_size={patch_size} does not fit the {split} region {region.shape} of "
                              f"{texture!r}; use a patch_size of at most {min(region.shape)}")
-        n = (256 if split == "train" else 128) if n is None else n
-        # Different seeds per split so that train and test draw different positions and defects.
-        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        n = {"train": 256, "test": 128, VALIDATION: 64}[split] if n is None else n
+        # Different seeds per split so that the splits draw different positions and defects.
+        rng = np.random.default_rng([seed, ALL_SPLITS.index(split)])
         tops = rng.integers(0, region.shape[0] - patch_size + 1, size=n)
         lefts = rng.integers(0, region.shape[1] - patch_size + 1, size=n)
         patches = np.stack([region[t:t + patch_size, l:l + patch_size] for t, l in zip(tops, lefts)])
@@ -111,10 +120,14 @@ class OneClassDigits(InMemoryAnomalyDataset):
     """
 
     def __init__(self, normal_class: int = 0, split: str = "train", anomaly_fraction: float = 0.0,
-                 image_size: int = 28, seed: int = 0):
+                 image_size: int = 28, seed: int = 0, validation_fraction: float = 0.0):
         normal_class = check_class_index("normal_class", normal_class, range(10))
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
         anomaly_fraction = check_fraction("anomaly_fraction", anomaly_fraction)
+        validation_fraction = check_fraction("validation_fraction", validation_fraction, high=0.5, high_open=False)
+        if split == VALIDATION and not validation_fraction:
+            raise DatasetArgumentError("split='validation' needs validation_fraction > 0, such as 0.2: the share of "
+                                       "the normal class's training digits held out of training")
         image_size = check_int("image_size", image_size)
         seed = check_seed(seed)
         digits = load_digits()
@@ -125,10 +138,16 @@ class OneClassDigits(InMemoryAnomalyDataset):
             cut = (2 * len(members)) // 3
             train_idx.append(members[:cut])
             test_idx.append(members[cut:])
-        pool = np.concatenate(train_idx if split == "train" else test_idx)
+        if validation_fraction:  # the last of the normal class's training digits, after the same draws
+            normal_train = train_idx[normal_class]
+            count = max(2, round(validation_fraction * len(normal_train)))
+            train_idx[normal_class], held = normal_train[:-count], normal_train[-count:]
+            if split == VALIDATION:
+                train_idx, anomaly_fraction = [held], 0.0
+        pool = np.concatenate(test_idx if split == "test" else train_idx)
         normal = pool[digits.target[pool] == normal_class]
         others = rng.permutation(pool[digits.target[pool] != normal_class])
-        if split == "train":
+        if split != "test":
             n_anomalies = 0 if anomaly_fraction == 0 else max(1, round(anomaly_fraction * len(normal) / (1 - anomaly_fraction)))
         else:
             n_anomalies = len(normal)

@@ -21,10 +21,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .arguments import DatasetTypeError, check_choice, check_folder_name, check_int, check_root
+from .arguments import (DatasetArgumentError, DatasetTypeError, check_choice, check_folder_name, check_fraction,
+                        check_int, check_root)
 from .download import DatasetError
 
 SPLITS = ("train", "test")
+# Normal images held out from training, to fix a threshold on (adcourse.metrics.normal_threshold):
+# every built-in and folder dataset offers this third split.
+VALIDATION = "validation"
+ALL_SPLITS = (*SPLITS, VALIDATION)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NORMAL = "good"  # the defect type of every normal image, whatever its folder is called
 
@@ -265,6 +270,12 @@ class MVTecLayoutFolder(AnomalyImages):
     image needs its mask; ``True`` requires it; ``False`` ignores it. Without masks
     (``has_masks`` false) every mask is zeros, and the benchmark leaves out the pixel metrics.
     ``normal`` names the folder of normal images and ``mask_tag`` what ends a mask's file stem.
+
+    ``split="validation"``: normal images apart from training and test, to fix a threshold on. They
+    are ``<root>/validation/good/`` where that folder exists (MVTec AD 2's layout); otherwise
+    ``validation_fraction`` of ``train/good`` (at least 2 images, drawn once with a fixed seed),
+    which the ``"train"`` split of the same ``validation_fraction`` then leaves out. The default,
+    0, keeps every training image for training.
     """
 
     # What to do about a tree that does not fit the layout (subclasses for downloaded sets say "extract again").
@@ -272,21 +283,48 @@ class MVTecLayoutFolder(AnomalyImages):
                   "test/<defect>/ for defective ones, masks (optional) in ground_truth/<defect>/<stem>_mask.png.")
 
     def __init__(self, root: str | os.PathLike, split: str, image_size: int = 256, normal: str = NORMAL,
-                 mask_tag: str = "_mask", masks: bool | None = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES):
+                 mask_tag: str = "_mask", masks: bool | None = None, suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                 validation_fraction: float = 0.0):
         if root is None:
             raise DatasetTypeError("root must be the folder that holds train/ and test/, got None")
         root = check_root(root, Path())
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
         normal = check_folder_name("normal", normal)
+        validation_fraction = check_fraction("validation_fraction", validation_fraction)
         if masks not in (None, True, False):
             raise DatasetTypeError(f"masks must be None (use ground_truth/ when present), True or False, got {masks!r}")
         if not root.is_dir():
             raise DatasetError(f"{'Not a folder' if root.exists() else 'Folder not found'}: {root}. {self.LAYOUT_FIX}")
         self.root, self.split = root, split
         self.has_masks = (root / "ground_truth").is_dir() if masks is None else masks
-        samples = self._train_samples(root, normal, suffixes) if split == "train" else \
-            self._test_samples(root, normal, suffixes, mask_tag)
+        if split == "test":
+            samples = self._test_samples(root, normal, suffixes, mask_tag)
+        elif (root / VALIDATION / normal).is_dir():  # a validation folder of its own: training keeps every image
+            samples = self._train_samples(root, normal, suffixes) if split == "train" else \
+                [Sample(path, 0, None, NORMAL) for path in list_images(root / VALIDATION / normal, suffixes)]
+        else:
+            samples = self._held_out(self._train_samples(root, normal, suffixes), split, validation_fraction)
+        if not samples:
+            raise DatasetError(f"No validation images in {root / VALIDATION / normal} ({', '.join(suffixes)}). "
+                               f"{self.LAYOUT_FIX}")
         super().__init__(samples, image_size)
+
+    def _held_out(self, samples: list[Sample], split: str, fraction: float) -> list[Sample]:
+        """The training or the validation part of ``train/<normal>`` when ``fraction`` of it is held out."""
+        if split == VALIDATION and not fraction:
+            raise DatasetArgumentError(
+                f"split='validation': {self.root} has no {VALIDATION}/ folder of normal images; pass "
+                "validation_fraction=0.1 (for example) to hold out that share of the training images, or add "
+                f"normal images in {self.root / VALIDATION / NORMAL}")
+        if not fraction:
+            return samples
+        count = max(2, round(fraction * len(samples)))
+        if count >= len(samples):
+            raise DatasetArgumentError(f"validation_fraction={fraction} of the {len(samples)} training images of "
+                                       f"{self.root} leaves none to train on; use a smaller fraction")
+        # one fixed draw: the same images are held out whatever the run's seed
+        held = set(np.random.default_rng(0).permutation(len(samples))[:count].tolist())
+        return [sample for k, sample in enumerate(samples) if (k in held) == (split == VALIDATION)]
 
     def _train_samples(self, root: Path, normal: str, suffixes) -> list[Sample]:
         folder = root / "train" / normal

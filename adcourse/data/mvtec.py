@@ -6,7 +6,7 @@ import os
 
 from .arguments import check_choice, check_folder_name, check_root, closest_name_error
 from .download import DatasetError, cache_dir, download_and_extract
-from .folder import NORMAL, SPLITS, MVTecLayoutFolder
+from .folder import ALL_SPLITS, NORMAL, MVTecLayoutFolder
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
@@ -25,7 +25,8 @@ MVTEC_URL = (
 
 
 class MVTecAD(MVTecLayoutFolder):
-    """One MVTec AD category, train (good only) or test (good and defective, with masks).
+    """One MVTec AD category, train (good only) or test (good and defective, with masks); validation
+    (good only) holds out ``validation_fraction`` of the training images, as in :class:`MVTecLayoutFolder`.
 
     ``root`` holds the extracted archive: ``<root>/<category>/train/good/*.png``,
     ``<category>/test/<defect>/*.png`` (``good`` is normal) and
@@ -54,9 +55,10 @@ class MVTecAD(MVTecLayoutFolder):
         image_size: int = 256,
         download: bool = False,
         url: str = MVTEC_URL,
+        validation_fraction: float = 0.0,
     ):
         root = check_root(root, cache_dir() / "mvtec_ad")
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
         category = check_folder_name("MVTec AD category", category)
         official = category in MVTEC_CATEGORIES
         if not official and not (root / category).is_dir():
@@ -79,4 +81,5 @@ class MVTecAD(MVTecLayoutFolder):
                 f"{root.parent} and pass download=True."
             )
         self.category = category
-        super().__init__(folder, split, image_size, normal=NORMAL, mask_tag="_mask", masks=True)
+        super().__init__(folder, split, image_size, normal=NORMAL, mask_tag="_mask", masks=True,
+                         validation_fraction=validation_fraction)

@@ -12,9 +12,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 
-from .arguments import check_choice, check_class_index, check_int, check_root, check_seed
+from .arguments import (DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_root,
+                        check_seed)
 from .download import DatasetError, cache_dir
-from .folder import SPLITS
+from .folder import ALL_SPLITS, VALIDATION
 
 TORCHVISION_SETS = {
     "MNIST": datasets.MNIST,
@@ -30,6 +31,9 @@ class TorchvisionOneClass(Dataset):
     ``split="train"``: the training images of ``normal_class`` only (label 0).
     ``split="test"``: every test image of ``normal_class`` (label 0) plus as many test images
     drawn, without replacement and seeded by ``seed``, from the other classes (label 1).
+    ``split="validation"``: ``validation_fraction`` of the training images of ``normal_class`` (at
+    least 2, drawn with ``seed``), which the training split of the same ``validation_fraction`` then
+    leaves out; the default, 0, trains on every one.
 
     Items are dicts: ``image`` float32 C×H×W in [0, 1] (1 channel for the MNIST family, 3 for
     CIFAR-10), resized to ``image_size`` if given; ``label``; ``mask`` all zeros (no masks);
@@ -48,20 +52,30 @@ class TorchvisionOneClass(Dataset):
         download: bool = False,
         seed: int = 0,
         base: Dataset | None = None,
+        validation_fraction: float = 0.0,
     ):
         check_choice("torchvision data set", name, tuple(TORCHVISION_SETS))
-        check_choice("split", split, SPLITS)
+        check_choice("split", split, ALL_SPLITS)
+        validation_fraction = check_fraction("validation_fraction", validation_fraction, high=0.5, high_open=False)
+        if split == VALIDATION and not validation_fraction:
+            raise DatasetArgumentError("split='validation' needs validation_fraction > 0, such as 0.1: the share of "
+                                       "the normal class's training images held out of training")
         if image_size is not None:
             image_size = check_int("image_size", image_size)
         seed = check_seed(seed)
         root = check_root(root, cache_dir() / "torchvision")
         if base is None:
-            base = _load(name, root, split == "train", download)
+            base = _load(name, root, split != "test", download)
         targets = np.asarray(base.targets)
         normal_class = check_class_index(f"normal_class of {name}", normal_class, np.unique(targets).tolist())
         normal = np.flatnonzero(targets == normal_class)
-        if split == "train":
+        if split != "test":
             indices = normal
+            if validation_fraction:
+                count = max(2, round(validation_fraction * len(normal)))
+                held = np.zeros(len(normal), dtype=bool)
+                held[np.random.default_rng([seed, ALL_SPLITS.index(VALIDATION)]).permutation(len(normal))[:count]] = True
+                indices = normal[held if split == VALIDATION else ~held]
         else:
             others = np.flatnonzero(targets != normal_class)
             rng = np.random.default_rng(seed)
