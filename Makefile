@@ -4,7 +4,8 @@
 #               nbval (the chapters' quick run, timed), book build, browser test
 # For students and instructors (README.md, "Other commands"):
 #   make lab                 open the chapters in JupyterLab, run from .venv
-#   make student             the notebooks without solutions, in student/
+#   make student             the notebooks without solutions, in student/ (a notebook with a student's
+#                            answers is never overwritten: the new version goes beside it)
 #   make html-nosolutions    the book without solutions, in _build/nosolutions
 #   make notebooks PROFILE=full   a full run of every chapter, written to artifacts/full/ (never in place)
 SHELL := /bin/bash
@@ -38,6 +39,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 lab: $(STAMP)
+	@test -d "$(LAB_FOLDER)" || { echo "$(LAB_FOLDER)/ does not exist$(if $(filter student,$(LAB_FOLDER)),: run make student first to write the student version,)"; exit 2; }
 	$(VENV)/bin/jupyter lab $(LAB_ROOT_OPTION) $(LAB_OPTIONS) $(LAB_FOLDER)
 
 # Quick: in place (the committed outputs). Full: executed copies in $(FULL_OUTPUT), results through
@@ -73,5 +75,6 @@ test: $(STAMP) browser
 	TQDM_DISABLE=1 PYTHONHASHSEED=0 OMP_NUM_THREADS=2 PYTHONPATH=tests $(PY) -m pytest -p nbval_timing --nbval-lax \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
+# student/ holds students' work: clean never removes it.
 clean:
-	rm -rf _build artifacts student
+	rm -rf _build artifacts

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 __all__ = [
     "ExerciseError",
@@ -59,6 +60,7 @@ __all__ = [
     "strip_markdown_solutions",
     "make_student_notebook",
     "make_student_version",
+    "StudentVersion",
     "find_leftover_solutions",
 ]
 
@@ -1120,13 +1122,49 @@ def _notebooks_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
 
 
-def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.PathLike) -> list[Path]:
-    """Write the student version of every ``source_dir/*.ipynb`` into ``output_dir``.
+# Beside the student notebooks: the digest of every file make_student_version wrote, so that a
+# notebook changed since (a student's work) is told apart from one it may replace.
+STUDENT_MANIFEST = ".adcourse-student.json"
 
-    Everything is converted into a temporary folder next to ``output_dir`` first; the folder
-    replaces ``output_dir`` only when all notebooks succeeded, so a failure leaves the previous
-    ``output_dir`` (or none) in place. The source notebooks are only read.
-    """
+
+class StudentVersion(NamedTuple):
+    """What :func:`make_student_version` did: ``written`` (new or replaced notebooks) and ``kept``,
+    pairs ``(notebook with the student's changes, left as it is; the new version written beside it)``."""
+    written: list[Path]
+    kept: list[tuple[Path, Path]]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _written_before(output_dir: Path) -> dict[str, str]:
+    try:
+        manifest = json.loads((output_dir / STUDENT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none (or unreadable): every existing notebook that differs counts as the student's
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, 0o644)  # whatever the umask: the folder is handed out
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.PathLike) -> StudentVersion:
+    """Write the student version of every ``source_dir/*.ipynb`` into ``output_dir``, losing nothing.
+
+    Every notebook is converted first: a failure writes nothing. Then each is written atomically,
+    except over a notebook that differs from what this function last wrote there (a student's
+    answers): that one is kept as it is, and the new version goes beside it as
+    ``<name>.new.ipynb`` (listed in ``kept``). No other file of ``output_dir`` is touched. The
+    source notebooks are only read."""
     import nbformat
 
     source_dir, output_dir = Path(source_dir), Path(output_dir)
@@ -1140,33 +1178,31 @@ def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.Pat
     if not notebooks:
         raise StudentVersionError(f"{source_dir}: no .ipynb files found")
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    written = []
-    try:
-        for path in notebooks:
-            try:
-                nb = nbformat.read(path, as_version=4)
-            except Exception as error:  # noqa: BLE001
-                raise StudentVersionError(f"{path}: cannot read the notebook ({error})") from error
-            student = make_student_notebook(nb, path)
-            nbformat.validate(student)
-            nbformat.write(student, tmp / path.name)
-            os.chmod(tmp / path.name, 0o644)  # whatever the umask: the folder is handed out
-            written.append(output_dir / path.name)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        old = None
-        if output_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            old.rmdir()
-            os.replace(output_dir, old)
-        os.replace(tmp, output_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
+    converted = {}
+    for path in notebooks:
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception as error:  # noqa: BLE001
+            raise StudentVersionError(f"{path}: cannot read the notebook ({error})") from error
+        student = make_student_notebook(nb, path)
+        nbformat.validate(student)
+        converted[path.name] = (nbformat.writes(student) + "\n").encode("utf-8")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(output_dir, 0o755)
+    written_before = _written_before(output_dir)
+    manifest, written, kept = dict(written_before), [], []
+    for name, data in converted.items():
+        target = output_dir / name
+        current = _digest(target.read_bytes()) if target.exists() else None
+        if current is not None and current != written_before.get(name) and current != _digest(data):
+            target = target.with_suffix(".new.ipynb")
+            kept.append((output_dir / name, target))
+        _write_atomic(target, data)
+        manifest[target.name] = _digest(data)
+        written.append(target)
+    _write_atomic(output_dir / STUDENT_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    return StudentVersion(written, kept)
 
 
 def find_leftover_solutions(folder: str | os.PathLike) -> list[str]:
@@ -1212,7 +1248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "student", help="write SOURCE/*.ipynb with solutions and outputs removed into OUTPUT"
     )
     student.add_argument("source", help="folder of the notebooks with solutions (e.g. notebooks)")
-    student.add_argument("output", help="folder to write (replaced as a whole, e.g. student)")
+    student.add_argument("output", help="folder to write (e.g. student); a notebook a student changed there is kept")
     stripped = commands.add_parser(
         "check-stripped", help="fail if a solution or an output is left in FOLDER/*.ipynb"
     )
@@ -1221,12 +1257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "student":
         try:
-            written = make_student_version(args.source, args.output)
+            result = make_student_version(args.source, args.output)
         except StudentVersionError as error:
             print(f"error: {error}", file=sys.stderr)
             print(f"error: {args.output} was left as it was", file=sys.stderr)
             return 1
-        print(f"wrote {len(written)} student notebook(s) to {args.output}/")
+        print(f"wrote {len(result.written)} student notebook(s) to {args.output}/")
+        for mine, new in result.kept:
+            print(f"kept {mine}: it has changes made since it was written (your answers), so the new version "
+                  f"went beside it, to {new}. Copy your answers into the new one (or the new cells into "
+                  f"yours); to start {mine.name} afresh instead, delete it and run this again.")
         return 0
 
     problems = find_leftover_solutions(args.folder)

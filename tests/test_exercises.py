@@ -24,6 +24,7 @@ from adcourse.exercises import (
     check_range,
     check_shape,
     find_leftover_solutions,
+    main,
     make_student_version,
     strip_code_solution,
     strip_markdown_solutions,
@@ -121,9 +122,9 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_student_version_removes_code_solutions_keeping_indentation(course, tmp_path):
     out = tmp_path / "student"
-    written = make_student_version(course, out)
+    written = make_student_version(course, out).written
     assert sorted(p.name for p in written) == ["01_first.ipynb", "02_second.ipynb"]
-    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "02_second.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == [".adcourse-student.json", "01_first.ipynb", "02_second.ipynb"]
     nb = nbformat.read(out / "01_first.ipynb", as_version=4)
     code = nb.cells[2].source
     assert "BEGIN SOLUTION" not in code and "END SOLUTION" not in code
@@ -212,13 +213,49 @@ def test_failure_keeps_previous_output(course, tmp_path):
     assert _digests(out) == previous
 
 
-def test_rerun_replaces_output(course, tmp_path):
+def test_rerun_replaces_what_it_wrote_and_deletes_nothing(course, tmp_path):
     out = tmp_path / "student"
     make_student_version(course, out)
-    (out / "stale.ipynb").write_text("{}")
-    (course / "02_second.ipynb").unlink()
+    (out / "my_notes.ipynb").write_text("{}")  # a file of the student's own
+    nb = nbformat.read(course / "02_second.ipynb", as_version=4)
+    nb.cells.append(new_markdown_cell("A new paragraph in the source."))
+    nbformat.write(nb, course / "02_second.ipynb")
+    result = make_student_version(course, out)
+    assert result.kept == [] and sorted(p.name for p in result.written) == ["01_first.ipynb", "02_second.ipynb"]
+    assert "A new paragraph" in (out / "02_second.ipynb").read_text()
+    assert (out / "my_notes.ipynb").read_text() == "{}"
+
+
+def test_a_notebook_with_the_students_answers_is_never_overwritten(course, tmp_path):
+    out = tmp_path / "student"
     make_student_version(course, out)
-    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb"]
+    answered = nbformat.read(out / "01_first.ipynb", as_version=4)
+    answered.cells[2].source = answered.cells[2].source.replace("raise NotImplementedError", "return 0  # mine")
+    nbformat.write(answered, out / "01_first.ipynb")
+    mine = (out / "01_first.ipynb").read_bytes()
+    result = make_student_version(course, out)
+    assert result.kept == [(out / "01_first.ipynb", out / "01_first.new.ipynb")]
+    assert (out / "01_first.ipynb").read_bytes() == mine
+    assert "raise NotImplementedError" in (out / "01_first.new.ipynb").read_text()
+    # and a third run still keeps it: the student's file never becomes "what was written"
+    assert make_student_version(course, out).kept == result.kept and (out / "01_first.ipynb").read_bytes() == mine
+
+
+def test_a_student_folder_without_the_record_keeps_every_notebook_that_differs(course, tmp_path):
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "01_first.ipynb").write_text("{}")  # made before the record existed, or by hand
+    result = make_student_version(course, out)
+    assert [mine.name for mine, _ in result.kept] == ["01_first.ipynb"] and (out / "01_first.ipynb").read_text() == "{}"
+
+
+def test_the_command_names_what_it_kept_and_how_to_go_on(course, tmp_path, capsys):
+    out = tmp_path / "student"
+    main(["student", str(course), str(out)])
+    (out / "02_second.ipynb").write_text("{}")
+    assert main(["student", str(course), str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "kept " in said and "02_second.new.ipynb" in said and "delete it and run this again" in said
 
 
 def test_solution_tag_without_markers_is_refused(course, tmp_path):
@@ -283,7 +320,7 @@ def test_command_line(course, tmp_path):
     done = subprocess.run([*run, "student", str(course), str(out)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 1
     assert "02_second.ipynb, cell 2" in done.stderr and "Traceback" not in done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "02_second.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == [".adcourse-student.json", "01_first.ipynb", "02_second.ipynb"]
 
 
 def test_same_source_and_output_folder_is_refused(course):

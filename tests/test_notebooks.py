@@ -60,7 +60,7 @@ def test_conventions(path):
 
 
 def test_student_version_strips_every_solution(tmp_path):
-    written = exercises.make_student_version(REPO / "notebooks", tmp_path / "student")
+    written = exercises.make_student_version(REPO / "notebooks", tmp_path / "student").written
     assert len(written) == len(NOTEBOOKS)
     assert exercises.find_leftover_solutions(tmp_path / "student") == []
 
