@@ -623,6 +623,18 @@ def check_ch05a_critic_loss(fn: Callable[..., Any]) -> None:
         _require(isinstance(loss, torch.Tensor) and loss.requires_grad,
                  f"`{name}` must return a tensor connected to the critic's weights (no `.item()`, "
                  "no `torch.no_grad()`), or the critic step cannot back-propagate it.")
+        # The value can be right while the penalty is cut from the graph; its gradient tells. For a
+        # linear critic C(x) = w·x + b the penalty is (‖w‖ − 1)², whose gradient is 2(‖w‖ − 1) w / ‖w‖.
+        weights = critic[1].weight
+        (gradient,) = torch.autograd.grad(loss, weights)
+        direction = weights.detach() / weights.detach().norm()
+        moved_by_distance = -(real.flatten(1).mean(0) - fake.flatten(1).mean(0))
+        _require(torch.allclose(gradient, moved_by_distance + weight * 2 * (norm - 1.0) * direction,
+                                atol=1e-4, rtol=1e-4),
+                 f"`{name}` gives the right value in case '{case}', but its gradient with respect to the "
+                 "critic's weights misses the penalty's: the penalty is cut from the graph (`.item()`, "
+                 "`.detach()`, or `torch.autograd.grad` without `create_graph=True`), so the critic step "
+                 "never feels it.")
     _ok(f"{name} gives the WGAN-GP critic loss on linear critics")
 
 

@@ -579,12 +579,14 @@ def _gradient(norm, requires_grad=True):
     return gradient_norm
 
 
-def _critic(sign=-1.0, with_penalty=True, weighted=True, item=False):
+def _critic(sign=-1.0, with_penalty=True, weighted=True, item=False, penalty_item=False):
     from adcourse.losses import gradient_penalty
 
     def critic_loss(critic, real, fake, gp_weight=10.0, generator=None):
         distance = critic(real).mean() - critic(fake).mean()
         penalty = gradient_penalty(critic, real, fake, generator=generator) if with_penalty else 0.0
+        if penalty_item:  # the value kept, the graph cut: what chapter 5a's create_graph=True warns about
+            penalty = penalty.item()
         value = sign * distance + (gp_weight if weighted else 1.0) * penalty
         return value.item() if item else value
 
@@ -696,6 +698,7 @@ WRONG_ANSWERS = [
     ("05a", _critic(with_penalty=False), r"the gradient penalty is missing"),
     ("05a", _critic(weighted=False), r"not multiplied by `gp_weight`"),
     ("05a", _critic(item=True), r"connected to the critic's weights"),
+    ("05a", _critic(penalty_item=True), r"penalty is cut from the graph"),
     ("05b", _mahalanobis("squared"), r"squared distance"),
     ("05b", _mahalanobis("covariance"), r"Σ is used where its inverse belongs"),
     ("05b", _mahalanobis("uncentred"), r"not centred"),
