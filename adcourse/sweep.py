@@ -246,13 +246,21 @@ def job_cluster(cluster: str, job_options: dict | None = None):
         import dask_jobqueue
     except ImportError as error:
         raise ValueError(f"--cluster {kind} needs dask-jobqueue: {INSTALL_HINT}") from error
+    import dask.config
+
     options = dict(job_options or {})
+    section = f"jobqueue.{name or kind}"
+
+    def configured(option: str) -> list:
+        """An option's list from the command line, else from the configuration file's section."""
+        value = options.pop(option, None)
+        return list(value if value is not None else dask.config.get(f"{section}.{option}", None) or [])
+
     # one worker process per job, offering one slot: a task has the job's cores and GPU to itself
     options.setdefault("processes", 1)
-    extra = list(options.pop("worker_extra_args", None) or [])
-    options["worker_extra_args"] = [*extra, "--resources", "slot=1"]
-    prologue = list(options.pop("job_script_prologue", None) or [])
-    options["job_script_prologue"] = [*prologue, *(f"export {key}={value}" for key, value in WORKER_ENV.items())]
+    options["worker_extra_args"] = [*configured("worker_extra_args"), "--resources", "slot=1"]
+    options["job_script_prologue"] = [*configured("job_script_prologue"),
+                                      *(f"export {key}={value}" for key, value in WORKER_ENV.items())]
     if name:
         options["config_name"] = name
     try:

@@ -150,7 +150,7 @@ def test_a_named_jobqueue_configuration_is_read():
     import dask.config
 
     section = {**dask.config.get("jobqueue.slurm"), "cores": 4, "memory": "16GB", "queue": "teaching",
-               "account": "course42"}
+               "account": "course42", "job-script-prologue": ["source ~/adcourse/.venv/bin/activate"]}
     with dask.config.set({"jobqueue.course": section}):
         cluster = sweep.job_cluster("slurm:course", {"scheduler_options": {"dashboard_address": None}})
         try:
@@ -158,6 +158,8 @@ def test_a_named_jobqueue_configuration_is_read():
         finally:
             cluster.close()
     assert "#SBATCH -p teaching" in script and "#SBATCH -A course42" in script and "--nthreads 4" in script
+    # the configuration's own prologue is kept, the sweep's line added after it
+    assert script.index("source ~/adcourse/.venv/bin/activate") < script.index("export TQDM_DISABLE=1")
 
 
 @pytest.mark.parametrize("arguments, message", [
