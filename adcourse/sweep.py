@@ -157,9 +157,10 @@ def read_task(task: Task, work: Path, settings: dict) -> dict | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} cannot be read ({error}): delete it to run {task} again") from error
     if payload.get("settings") != settings:
-        raise ValueError(f"{path} holds {task} with other settings ({bench._describe_settings(payload.get('settings') or {})}) "
-                         f"than this sweep's ({bench._describe_settings(settings)}). It was left as it is: use "
-                         "another --out, or move that folder away.")
+        held = bench.describe_settings(payload.get("settings") or {})
+        raise ValueError(f"{path} holds {task} with other settings ({held}) than this sweep's "
+                         f"({bench.describe_settings(settings)}). It was left as it is: use another --out, or "
+                         "move that folder away.")
     return payload
 
 
