@@ -54,6 +54,7 @@ __all__ = [
     "check_ch06_negative_elbo",
     "check_ch07_squash",
     "check_ch08_pyramid_features",
+    "check_ch08_se_gate",
     "check_ch09_weighted_component_nll",
     "check_ch10_position_gaussians",
     "strip_code_solution",
@@ -746,6 +747,36 @@ def check_ch07_squash(fn: Callable[..., Any]) -> None:
                              "use `dim`, e.g. `(s ** 2).sum(dim=dim, keepdim=True)`."))
         _expect(fn, case, result, squash(value, **options), mistakes, atol=1e-6, rtol=1e-4)
     _ok(f"{name} squashes with any constant a, along any dimension, and maps 0 to 0")
+
+
+def check_ch08_se_gate(fn: Callable[..., Any]) -> None:
+    """Chapter 8: ``fn(u, w1, w2)``, squeeze-and-excitation's gates (eqs. 5.1–5.2): the spatial mean
+    ``z`` of every channel of ``u`` (N×C×H×W), then ``sigmoid(w2 · relu(w1 · z))``, N×C; ``w1`` is
+    C/r × C and ``w2`` C × C/r, without biases."""
+    import torch
+
+    name = _function_name(fn)
+    g = torch.Generator().manual_seed(0)
+    for case, shape, hidden in [("3 images, 8 channels, 5×5", (3, 8, 5, 5), 2),
+                                ("1 image, 4 channels, 2×3 (not square)", (1, 4, 2, 3), 2)]:
+        # channels of different means and spreads, so that a mean and a maximum tell apart
+        u = torch.randn(*shape, generator=g) * torch.linspace(0.5, 2.0, shape[1]).view(1, -1, 1, 1) \
+            + torch.linspace(-1.0, 1.0, shape[1]).view(1, -1, 1, 1)
+        w1, w2 = torch.randn(hidden, shape[1], generator=g), torch.randn(shape[1], hidden, generator=g)
+        result = _call(fn, case, u.clone(), w1.clone(), w2.clone())
+        z = u.mean(dim=(2, 3))
+        mistakes = [
+            (torch.sigmoid(torch.relu(u.amax(dim=(2, 3)) @ w1.T) @ w2.T),
+             "this squeezes by the maximum over the positions: SE's squeeze is the spatial *mean*, "
+             "z_c = (1/HW) Σ u_c(i, j) (eq. 5.1, global average pooling)."),
+            (torch.relu(z @ w1.T) @ w2.T, "the sigmoid is missing: the gates lie in (0, 1), s = σ(W₂ δ(W₁ z))."),
+            (torch.sigmoid(z @ w1.T @ w2.T), "the ReLU between the two matrices is missing: s = σ(W₂ δ(W₁ z)), "
+                                             "δ the ReLU."),
+            (torch.sigmoid(torch.relu(z @ w2) @ w1), "W₁ and W₂ are swapped: W₁ (C/r × C) reduces z to C/r "
+                                                     "numbers first, then W₂ (C × C/r) expands them back to C."),
+        ]
+        _expect(fn, case, result, torch.sigmoid(torch.relu(z @ w1.T) @ w2.T), mistakes, atol=1e-5, what="the gates")
+    _ok(f"{name} squeezes by the spatial mean and excites with σ(W₂ δ(W₁ z))")
 
 
 def check_ch08_pyramid_features(fn: Callable[..., Any]) -> None:

@@ -593,6 +593,17 @@ def _critic(sign=-1.0, with_penalty=True, weighted=True, item=False, penalty_ite
     return critic_loss
 
 
+def _se_gate(kind):
+    def se_gate(u, w1, w2):
+        z = u.amax(dim=(2, 3)) if kind == "max" else u.mean(dim=(2, 3))
+        if kind == "swapped":
+            return torch.sigmoid(torch.relu(z @ w2) @ w1)
+        hidden = z @ w1.T if kind == "no relu" else torch.relu(z @ w1.T)
+        return hidden @ w2.T if kind == "no sigmoid" else torch.sigmoid(hidden @ w2.T)
+
+    return se_gate
+
+
 def _mahalanobis(kind):
     def mahalanobis_pixels(l_r, l_d, mean, cov):
         v = np.stack([l_r - mean[0], l_d - mean[1]], axis=-1)
@@ -730,6 +741,23 @@ def test_chapter_check_names_the_mistake(chapter, answer, hint):
     _, check_exercise = CHAPTER_CHECKS[chapter]
     with pytest.raises(ExerciseError, match=hint):
         check_exercise(answer)
+
+
+def test_ch08_se_gate_check_passes_the_notebook_solution(capsys):
+    solution, following = _exercise_cells("08", "se_gate")
+    assert "check_ch08_se_gate(se_gate)" in following.source
+    namespace = _notebook_globals()
+    exec(solution.source, namespace)  # noqa: S102 - the course's own notebook
+    exercises.check_ch08_se_gate(namespace["se_gate"])
+    assert capsys.readouterr().out.startswith("✓ ")
+
+
+@pytest.mark.parametrize("kind, hint", [("max", r"squeezes by the maximum"), ("no sigmoid", r"sigmoid is missing"),
+                                        ("no relu", r"ReLU between the two matrices is missing"),
+                                        ("swapped", r"W₁ and W₂ are swapped")])
+def test_ch08_se_gate_check_names_the_mistake(kind, hint):
+    with pytest.raises(ExerciseError, match=hint):
+        exercises.check_ch08_se_gate(_se_gate(kind))
 
 
 def test_every_chapter_has_two_checked_code_exercises_and_ends_with_recall_questions():
