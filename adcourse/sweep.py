@@ -251,6 +251,16 @@ def job_cluster(cluster: str, job_options: dict | None = None):
 
     options = dict(job_options or {})
     section = f"jobqueue.{name or kind}"
+    if name:
+        own = dask.config.get(section, None)
+        if not isinstance(own, dict):
+            raise ValueError(f"--cluster {cluster}: there is no section {section} in the Dask configuration "
+                             "(~/.config/dask/jobqueue.yaml, or a file in $DASK_CONFIG); add one, or use --cluster "
+                             f"{kind} with --job-option")
+        # A named section needs only what differs from the adapter's own: the rest comes from jobqueue.<kind>.
+        # (Set for the whole process: dask-jobqueue reads it again each time it starts a job.)
+        hyphenated = lambda keys: {key.replace("_", "-"): value for key, value in keys.items()}  # noqa: E731
+        dask.config.set({section: {**hyphenated(dask.config.get(f"jobqueue.{kind}")), **hyphenated(own)}})
 
     def configured(option: str) -> list:
         """An option's list from the command line, else from the configuration file's section."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import signal
 import threading
 import time
@@ -146,20 +147,36 @@ def test_the_slurm_adapter_writes_the_job_script_it_would_submit():
     assert "--nthreads 8" in worker and "--resources slot=1" in worker  # one task per job, all its cores
 
 
-def test_a_named_jobqueue_configuration_is_read():
-    import dask.config
+def test_the_books_named_configuration_gives_the_job_script_it_promises():
+    """The jobqueue.yaml of book/cluster.md, as printed there: a named section with only what differs
+    from jobqueue.slurm (underscores and all) builds the job script the page describes."""
+    import re
 
-    section = {**dask.config.get("jobqueue.slurm"), "cores": 4, "memory": "16GB", "queue": "teaching",
-               "account": "course42", "job-script-prologue": ["source ~/adcourse/.venv/bin/activate"]}
-    with dask.config.set({"jobqueue.course": section}):
-        cluster = sweep.job_cluster("slurm:course", {"scheduler_options": {"dashboard_address": None}})
+    import dask.config
+    import yaml
+
+    page = (Path(__file__).resolve().parents[1] / "book" / "cluster.md").read_text()
+    configuration = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
+    with dask.config.set(configuration):
+        cluster = sweep.job_cluster("slurm:adcourse-gpu", {"scheduler_options": {"dashboard_address": None}})
         try:
             script = cluster.job_script()
         finally:
             cluster.close()
-    assert "#SBATCH -p teaching" in script and "#SBATCH -A course42" in script and "--nthreads 4" in script
+    for line in ("#SBATCH -J adcourse", "#SBATCH -p gpu", "#SBATCH -A my-project", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH -t 04:00:00", "#SBATCH --gres=gpu:1", "source ~/adcourse/.venv/bin/activate",
+                 "export ADCOURSE_DATA=/project/datasets/adcourse", "export TQDM_DISABLE=1"):
+        assert line in script
     # the configuration's own prologue is kept, the sweep's line added after it
     assert script.index("source ~/adcourse/.venv/bin/activate") < script.index("export TQDM_DISABLE=1")
+    worker = script.strip().splitlines()[-1]
+    assert "--nthreads 8" in worker and "--resources slot=1" in worker and "--death-timeout 120" in worker
+    assert "--cluster slurm:adcourse-gpu --job-script" in page  # the command the page gives to check it
+
+
+def test_a_named_section_that_does_not_exist_is_refused_naming_it():
+    with pytest.raises(ValueError, match="no section jobqueue.no-such-section"):
+        sweep.job_cluster("slurm:no-such-section")
 
 
 @pytest.mark.parametrize("arguments, message", [
