@@ -130,27 +130,24 @@ def load_splits(spec: str, profile: str = "quick", seed: int = 0, anomaly_fracti
         raise ValueError(f"unknown dataset kind {kind!r} in --data {spec!r}; use one of "
                          f"textures, digits, mvtec, btad, folder, {', '.join(names)}")
     fraction = VALIDATION_FRACTION["torchvision" if kind in names else kind] if validation and kind != "textures" else 0.0
-    if kind == "textures":
-        n = miniature({**TEXTURE_SIZES[profile], "validation": VALIDATION_SIZES[profile]}, profile)
-        rows = VALIDATION_ROWS if validation else 0.0
-        make = lambda split: TextureDefects(part, split, n=n[split], seed=seed, validation_rows=rows)  # noqa: E731
-    elif kind == "digits":
-        normal = _class_index(spec, part)
-        make = lambda split: OneClassDigits(normal, split, anomaly_fraction if split == "train" else 0.0,  # noqa: E731
-                                            image_size=32, seed=seed, validation_fraction=fraction)
-    elif kind in ("mvtec", "btad", "folder"):
+
+    def make(split: str):
+        if kind == "textures":
+            n = miniature({**TEXTURE_SIZES[profile], "validation": VALIDATION_SIZES[profile]}, profile)
+            return TextureDefects(part, split, n=n[split], seed=seed, validation_rows=VALIDATION_ROWS if validation else 0.0)
+        if kind == "digits":
+            return OneClassDigits(_class_index(spec, part), split, anomaly_fraction if split == "train" else 0.0,
+                                  image_size=32, seed=seed, validation_fraction=fraction)
         size = REAL_IMAGE_SIZE[profile]
         if kind == "folder":
-            make = lambda split: MVTecLayoutFolder(part, split, image_size=size,  # noqa: E731
-                                                   validation_fraction=fraction)
-        else:
+            return MVTecLayoutFolder(part, split, image_size=size, validation_fraction=fraction)
+        if kind in ("mvtec", "btad"):
             loader = MVTecAD if kind == "mvtec" else BTAD
-            make = lambda split: loader(None, part, split, image_size=size, validation_fraction=fraction)  # noqa: E731
-    else:
-        normal = _class_index(spec, part)
+            return loader(None, part, split, image_size=size, validation_fraction=fraction)
         # even sides for the convolutional models; MNIST's 28 is up-sampled
-        make = lambda split: TorchvisionOneClass(names[kind], None, normal, split, image_size=32, seed=seed,  # noqa: E731
-                                                 validation_fraction=fraction)
+        return TorchvisionOneClass(names[kind], None, _class_index(spec, part), split, image_size=32, seed=seed,
+                                   validation_fraction=fraction)
+
     return Splits(make("train"), make(VALIDATION) if validation else None, make("test"))
 
 
