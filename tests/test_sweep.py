@@ -157,7 +157,8 @@ def test_the_books_named_configuration_gives_the_job_script_it_promises():
 
     page = (Path(__file__).resolve().parents[1] / "book" / "cluster.md").read_text()
     configuration = yaml.safe_load(re.search(r"```yaml\n(.*?)```", page, re.S).group(1))
-    with dask.config.set(configuration):
+    # merged into the configuration as Dask merges a YAML file (section by section, the defaults kept)
+    with dask.config.set({f"jobqueue.{name}": section for name, section in configuration["jobqueue"].items()}):
         cluster = sweep.job_cluster("slurm:adcourse-gpu", {"scheduler_options": {"dashboard_address": None}})
         try:
             script = cluster.job_script()
