@@ -494,7 +494,8 @@ def _grading_loop() -> str:
 def test_the_grading_loop_of_the_instructors_page_reports_each_student(tmp_path):
     from nbformat.v4 import new_code_cell, new_notebook
 
-    for student, body in [("alice", "return x * 3"), ("bob", "return x * 2")]:
+    for student, body in [("alice", "return x * 3"), ("bob", "return x * 2"),
+                          ("carol", 'raise NotImplementedError("exercise not written yet: return twice x")')]:
         submission = new_notebook(cells=[
             new_code_cell('PROFILE = "auto"', metadata={"tags": ["parameters"]}),
             new_code_cell(f"def double(x):\n    {body}"),
@@ -511,6 +512,8 @@ def test_the_grading_loop_of_the_instructors_page_reports_each_student(tmp_path)
     report = dict(line.split(": ", 1) for line in ran.stdout.strip().splitlines())
     assert report["bob"] == "every check passes"
     assert report["alice"].startswith("ExerciseError: `double` fails on case 'two'"), report["alice"]
+    # an exercise left as handed out: "not written yet", naming it, not "the run failed"
+    assert report["carol"].startswith("ExerciseError: `double` is not written yet"), report["carol"]
     assert (tmp_path / "checked" / "alice.ipynb").is_file() and (tmp_path / "checked" / "bob.ipynb").is_file()
 
 
