@@ -703,6 +703,22 @@ def _save(report: dict, out: Path | None) -> None:
         raise ValueError(f"cannot write --out {out}: {error}") from error
 
 
+def _new_report(settings: dict, results: dict, device: str, command: str | None) -> dict:
+    """A results file's contents: the run's settings, where and how it ran, and its results."""
+    return {**settings, "device": device, "command": command, "torch": torch.__version__, "results": results,
+            **({"miniature": MINIATURE_NOTE} if settings["profile"] == "full" and miniature_active() else {})}
+
+
+def run_settings(data: str, profile: str, seeds: list[int], data_seed: int | None, overrides: dict | None,
+                 validation: bool) -> dict:
+    """The settings that identify a results file, as its JSON holds them (a tuple setting reads back
+    as a list), so that a run finds its own file."""
+    if not isinstance(validation, bool):
+        raise ValueError(f"validation must be True or False, got {validation!r}")
+    return json.loads(json.dumps({"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed,
+                                  "overrides": overrides or None, "validation": validation}))
+
+
 def check_results_file(out: Path, settings: dict) -> None:
     """Refuse, before anything runs, a results file (or a table beside it) that a run with these
     ``settings`` must not write to."""
@@ -714,8 +730,7 @@ def save_report(out: Path, settings: dict, results: dict, *, device: str, comman
     """Merge finished ``results`` (method → entry, as :func:`merge_results` makes them) of a run with
     ``settings`` into the results file ``out`` and its table, under the lock every writer of ``out``
     takes: how runs made elsewhere (``adcourse.sweep``'s tasks) come into the usual file."""
-    report = {**settings, "device": device, "command": command, "torch": torch.__version__, "results": results,
-              **({"miniature": MINIATURE_NOTE} if settings["profile"] == "full" and miniature_active() else {})}
+    report = _new_report(settings, results, device, command)
     _save(report, out)
     return report
 
@@ -749,17 +764,11 @@ def run(methods: list[str], data: str, profile: str = "quick", seed: int | Seque
     overrides = check_overrides(overrides, methods)
     check_device(device)
     out = check_out(out)
-    # as the JSON file holds them (a tuple setting reads back as a list), so that a run finds its own file
-    if not isinstance(validation, bool):
-        raise ValueError(f"validation must be True or False, got {validation!r}")
-    settings = json.loads(json.dumps({"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed,
-                                      "overrides": overrides or None, "validation": validation}))
+    settings = run_settings(data, profile, seeds, data_seed, overrides, validation)
     if out:
         check_table(out)
     results = previous_results(out, settings) if out else {}
-    report = {**settings, "device": describe_device(pick_device(device)), "command": command,
-              "torch": torch.__version__, "results": results,
-              **({"miniature": MINIATURE_NOTE} if profile == "full" and miniature_active() else {})}
+    report = _new_report(settings, results, describe_device(pick_device(device)), command)
     data_of_seed = {}
 
     def data_for(seed: int):

@@ -33,7 +33,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -1189,17 +1188,6 @@ def _written_before(output_dir: Path) -> dict[str, str]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.chmod(tmp, 0o644)  # whatever the umask: the folder is handed out
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.PathLike) -> StudentVersion:
     """Write the student version of every ``source_dir/*.ipynb`` into ``output_dir``, losing nothing.
 
@@ -1209,6 +1197,8 @@ def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.Pat
     ``<name>.new.ipynb`` (listed in ``kept``). No other file of ``output_dir`` is touched. The
     source notebooks are only read."""
     import nbformat
+
+    from .train import atomic_output  # here: the checks and the student version need no torch otherwise
 
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     if not source_dir.is_dir():
@@ -1220,6 +1210,10 @@ def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.Pat
     notebooks = _notebooks_in(source_dir)
     if not notebooks:
         raise StudentVersionError(f"{source_dir}: no .ipynb files found")
+
+    def write(path: Path, data: bytes) -> None:
+        with atomic_output(path) as tmp:  # readable by everyone (0644): the folder is handed out
+            tmp.write_bytes(data)
 
     converted = {}
     for path in notebooks:
@@ -1241,10 +1235,10 @@ def make_student_version(source_dir: str | os.PathLike, output_dir: str | os.Pat
         if current is not None and current != written_before.get(name) and current != _digest(data):
             target = target.with_suffix(".new.ipynb")
             kept.append((output_dir / name, target))
-        _write_atomic(target, data)
+        write(target, data)
         manifest[target.name] = _digest(data)
         written.append(target)
-    _write_atomic(output_dir / STUDENT_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    write(output_dir / STUDENT_MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return StudentVersion(written, kept)
 
 

@@ -110,13 +110,6 @@ def plan(methods: list[str], data: list[str], seeds: list[int]) -> list[Task]:
     return [Task(method, spec, seed) for spec in data for method in methods for seed in seeds]
 
 
-def run_settings(data: str, profile: str, seeds: list[int], data_seed: int | None, overrides: dict,
-                 validation: bool = True) -> dict:
-    """The settings that identify a results file of the benchmark (as its JSON holds them)."""
-    return json.loads(json.dumps({"data": data, "profile": profile, "seeds": seeds, "data_seed": data_seed,
-                                  "overrides": overrides or None, "validation": validation}))
-
-
 # --- on the worker ---------------------------------------------------------------------------------
 
 def run_task(task: Task, settings: dict, work: str) -> dict:
@@ -301,8 +294,6 @@ def run(methods: list[str], data: list[str], profile: str = "quick", seeds=(0,),
         data_seed = bench.check_seeds(data_seed)[0]
     overrides = bench.check_overrides(overrides, methods)
     data = expand_data(list(data))
-    if not isinstance(validation, bool):
-        raise ValueError(f"validation must be True or False, got {validation!r}")
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"--retries must be a whole number of at least 0, got {retries!r}")
     if client is None:
@@ -314,7 +305,7 @@ def run(methods: list[str], data: list[str], profile: str = "quick", seeds=(0,),
         raise ValueError(f"--out {out} is a file; the sweep writes a folder of results files: give a folder name")
     work = out / "tasks" if work is None else Path(work).expanduser()
     command = command or f"adcourse.sweep.run(methods={methods}, data={data}, profile={profile!r}, seeds={seeds})"
-    settings_of = {spec: run_settings(spec, profile, seeds, data_seed, overrides, validation) for spec in data}
+    settings_of = {spec: bench.run_settings(spec, profile, seeds, data_seed, overrides, validation) for spec in data}
     tasks = plan(methods, data, seeds)
     todo = [task for task in tasks if read_task(task, work, settings_of[task.data]) is None]
     for spec in data:  # results files of other settings are refused before anything runs
