@@ -176,3 +176,9 @@ def test_the_table_names_the_oracle_and_the_fpr_limits():
     header = bench.markdown_table({"results": {}, "seeds": [0]}).splitlines()[0]
     for title in ("oracle TPR", "oracle TNR", "val. TPR", "val. TNR", "val. F1", "AU-PRO@0.3", "AU-PRO@0.05", "SegF1"):
         assert f"| {title} |" in header
+
+
+def test_every_dataset_refuses_a_hold_out_that_leaves_nothing_to_train_on(tmp_path):
+    # two normal training images: the hold-out of at least 2 would take them all
+    with pytest.raises(DatasetArgumentError, match="leaves none to train on"):
+        TorchvisionOneClass("MNIST", tmp_path, 1, "train", base=FakeTorchvision([1, 1, 2, 2]), validation_fraction=0.5)

@@ -106,3 +106,13 @@ def check_root(value, default: Path) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise DatasetTypeError(f"root must be a folder path (str or Path) or None, got {describe(value)}")
     return Path(value).expanduser()
+
+
+def held_out_count(fraction: float, total: int, where: str) -> int:
+    """How many of ``total`` training images a ``validation_fraction`` holds out: at least 2 (a
+    threshold from their scores needs a spread), and never all of them."""
+    count = max(2, round(fraction * total))
+    if count >= total:
+        raise DatasetArgumentError(f"validation_fraction={fraction} of the {total} training images of {where} leaves "
+                                   "none to train on; use a smaller fraction")
+    return count

@@ -13,7 +13,8 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from ..corruption import DEFECTS, TEXTURES, texture_photo
-from .arguments import DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_seed
+from .arguments import (DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_seed,
+                        held_out_count)
 from .folder import ALL_SPLITS, VALIDATION
 
 
@@ -140,7 +141,7 @@ class OneClassDigits(InMemoryAnomalyDataset):
             test_idx.append(members[cut:])
         if validation_fraction:  # the last of the normal class's training digits, after the same draws
             normal_train = train_idx[normal_class]
-            count = max(2, round(validation_fraction * len(normal_train)))
+            count = held_out_count(validation_fraction, len(normal_train), f"digit {normal_class}")
             train_idx[normal_class], held = normal_train[:-count], normal_train[-count:]
             if split == VALIDATION:
                 train_idx, anomaly_fraction = [held], 0.0

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .arguments import (DatasetArgumentError, DatasetTypeError, check_choice, check_folder_name, check_fraction,
-                        check_int, check_root)
+                        check_int, check_root, held_out_count)
 from .download import DatasetError
 
 SPLITS = ("train", "test")
@@ -318,10 +318,7 @@ class MVTecLayoutFolder(AnomalyImages):
                 f"normal images in {self.root / VALIDATION / NORMAL}")
         if not fraction:
             return samples
-        count = max(2, round(fraction * len(samples)))
-        if count >= len(samples):
-            raise DatasetArgumentError(f"validation_fraction={fraction} of the {len(samples)} training images of "
-                                       f"{self.root} leaves none to train on; use a smaller fraction")
+        count = held_out_count(fraction, len(samples), str(self.root))
         # one fixed draw: the same images are held out whatever the run's seed
         held = set(np.random.default_rng(0).permutation(len(samples))[:count].tolist())
         return [sample for k, sample in enumerate(samples) if (k in held) == (split == VALIDATION)]

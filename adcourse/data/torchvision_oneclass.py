@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 
 from .arguments import (DatasetArgumentError, check_choice, check_class_index, check_fraction, check_int, check_root,
-                        check_seed)
+                        check_seed, held_out_count)
 from .download import DatasetError, cache_dir
 from .folder import ALL_SPLITS, VALIDATION
 
@@ -72,7 +72,7 @@ class TorchvisionOneClass(Dataset):
         if split != "test":
             indices = normal
             if validation_fraction:
-                count = max(2, round(validation_fraction * len(normal)))
+                count = held_out_count(validation_fraction, len(normal), f"{name} class {normal_class}")
                 held = np.zeros(len(normal), dtype=bool)
                 held[np.random.default_rng([seed, ALL_SPLITS.index(VALIDATION)]).permutation(len(normal))[:count]] = True
                 indices = normal[held if split == VALIDATION else ~held]
